@@ -1,0 +1,1 @@
+"""Built-in actors usable from manifests without writing Python (filled in by the CLI work)."""

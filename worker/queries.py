@@ -1,0 +1,44 @@
+"""Named SQL queries, loaded from the `.sql` files beside this module.
+
+Each query is a block introduced by `-- name: why`; reviewing the SQL means reading one file per table.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import LiteralString, cast
+
+_HEADER = re.compile(r"^-- ([a-z_]+): .*$", re.MULTILINE)
+QUERY_FILES = ("tasks.sql", "schedules.sql")
+
+
+def parse(text: str) -> dict[str, LiteralString]:
+    """Split a file into {name: sql}; text before the first named block is the file's preamble."""
+    parts = _HEADER.split(text)
+    queries: dict[str, LiteralString] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = cast(LiteralString, body.strip().rstrip(";"))
+    return queries
+
+
+@cache
+def all_queries() -> dict[str, LiteralString]:
+    found: dict[str, LiteralString] = {}
+    folder = resources.files("kubetasks.worker.sql")
+    for filename in QUERY_FILES:
+        resource = folder / filename
+        if not resource.is_file():
+            continue
+        for name, sql in parse(resource.read_text()).items():
+            if name in found:
+                raise ValueError(f"query {name!r} is defined in more than one file")
+            found[name] = sql
+    return found
+
+
+def get(name: str) -> LiteralString:
+    return all_queries()[name]

@@ -1,0 +1,310 @@
+"""Enqueue tasks and operate on them: the queue's public API.
+
+`enqueue` joins the caller's transaction when given a connection inside one; the NOTIFY the trigger
+sends is delivered only on commit, so workers never see a task that was rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, LiteralString
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from kubetasks.worker import queries, registry
+from kubetasks.worker.db import Conn
+from kubetasks.worker.errors import InvalidInput, TaskNotFound
+from kubetasks.worker.settings import Settings, get_settings
+
+STATES = ("queued", "running", "successful", "warning", "error", "cancelled")
+FINAL_STATES = ("successful", "warning", "error", "cancelled")
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    queue: str
+    actor: str
+    args: Any
+    state: str
+    reason: str
+    priority: int
+    eta: datetime
+    attempts: int
+    max_retries: int
+    time_limit: float
+    worker: str | None
+    result: Any
+    error: str | None
+    schedule_name: str | None
+    schedule_tick: datetime | None
+    object_ref: str | None
+    dedup_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    attempt_started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    created: bool = True  # False when a dedup key returned a task that already existed
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Task:
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.updated_at
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def retrying(self) -> bool:
+        return self.state == "running" and self.worker is None
+
+    def as_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "created"}
+        data["duration"] = self.duration
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+def encode_args(args: Any, limit: int, field: str = "args") -> str:
+    """JSON text of a task's args, refused when it is not JSON or larger than `limit` bytes."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict | list):
+        raise InvalidInput(field, f"must be a JSON object (keyword arguments) or array, not {type(args).__name__}",
+                           'pass e.g. {"url": "https://example.com"}')
+    try:
+        text = json.dumps(args, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(field, f"is not JSON-serialisable: {exc}",
+                           "pass only dicts, lists, strings, numbers, booleans and null") from exc
+    if "\\u0000" in text and _contains_nul(args):
+        raise InvalidInput(field, "contains a NUL character, which PostgreSQL cannot store", "remove it")
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidInput(field, f"is {size} bytes of JSON, more than the limit of {limit}",
+                           "store large payloads elsewhere and pass a reference, "
+                           "or raise KUBETASKS_WORKER__ARGS_MAX_BYTES")
+    return text
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def _resolve(actor: str | registry.Actor, validate: bool) -> tuple[str, registry.Actor | None]:
+    if isinstance(actor, registry.Actor):
+        return actor.name, actor
+    name = registry.validate_name(actor)
+    if validate:
+        return name, registry.get(name)
+    try:
+        return name, registry.get(name)
+    except InvalidInput:
+        return name, None
+
+
+def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, eta: datetime | None,
+                priority: int | None, max_retries: int | None, time_limit: float | None,
+                schedule_name: str | None, schedule_tick: datetime | None, object_ref: str | None,
+                dedup_key: str | None, validate: bool, settings: Settings) -> dict[str, Any]:
+    name, declared = _resolve(actor, validate)
+    if max_retries is not None and max_retries < 0:
+        raise InvalidInput("max_retries", f"{max_retries} is negative", "use 0 or more")
+    if time_limit is not None and not time_limit > 0:
+        raise InvalidInput("time_limit", f"{time_limit} is not positive", "give seconds > 0")
+    if eta is not None and eta.tzinfo is None:
+        raise InvalidInput("eta", "is a naive datetime", "give a timezone-aware datetime, e.g. in UTC")
+    if dedup_key is not None and not 1 <= len(dedup_key) <= 512:
+        raise InvalidInput("dedup_key", "must be 1 to 512 characters long", "shorten or hash it")
+    worker = settings.worker
+    return {
+        "actor": name,
+        "args": encode_args(args, worker.args_max_bytes),
+        "queue": registry.validate_queue(queue or (declared.queue if declared else "default")),
+        "eta": eta,
+        "priority": priority if priority is not None else (declared.priority if declared else 0),
+        "max_retries": next(v for v in (max_retries, declared and declared.max_retries,
+                                        worker.task_max_retries) if v is not None),
+        "time_limit": next(v for v in (time_limit, declared and declared.time_limit,
+                                       worker.task_default_time_limit.total_seconds()) if v is not None),
+        "schedule_name": schedule_name,
+        "schedule_tick": schedule_tick,
+        "object_ref": object_ref,
+        "dedup_key": dedup_key,
+    }
+
+
+def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue: str | None = None,
+            eta: datetime | None = None, priority: int | None = None, max_retries: int | None = None,
+            time_limit: float | None = None, dedup_key: str | None = None, schedule_name: str | None = None,
+            schedule_tick: datetime | None = None, object_ref: str | None = None, validate: bool = True,
+            settings: Settings | None = None) -> Task:
+    """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`)."""
+    params = _row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
+                         time_limit=time_limit, schedule_name=schedule_name, schedule_tick=schedule_tick,
+                         object_ref=object_ref, dedup_key=dedup_key, validate=validate,
+                         settings=settings or get_settings())
+    params["args"] = Jsonb(json.loads(params["args"]))
+    # A concurrent insert of the same dedup key may commit after our snapshot: ask again.
+    for _ in range(5):
+        row = conn.execute(queries.get("task_insert"), params).fetchone()
+        if row is not None:
+            return Task.from_row(row)
+    raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
+
+
+_COPY_COLUMNS = ("queue", "actor", "args", "priority", "max_retries", "time_limit")
+
+
+def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[Any], *,
+                 queue: str | None = None, priority: int | None = None, max_retries: int | None = None,
+                 time_limit: float | None = None, validate: bool = True,
+                 settings: Settings | None = None) -> int:
+    """Bulk enqueue with COPY (no dedup keys, no eta); one notification per queue. Returns the count."""
+    settings = settings or get_settings()
+    template = _row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
+                           time_limit=time_limit, schedule_name=None, schedule_tick=None, object_ref=None,
+                           dedup_key=None, validate=validate, settings=settings)
+    limit = settings.worker.args_max_bytes
+    count = 0
+    with conn.cursor().copy(
+            sql.SQL("COPY kubetasks.tasks ({}) FROM STDIN").format(
+                sql.SQL(", ").join(map(sql.Identifier, _COPY_COLUMNS)))) as copy:
+        for index, args in enumerate(many_args):
+            text = encode_args(args, limit, field=f"args[{index}]")
+            copy.write_row((template["queue"], template["actor"], text, template["priority"],
+                            template["max_retries"], template["time_limit"]))
+            count += 1
+    return count
+
+
+def get_task(conn: Conn, task_id: int) -> Task:
+    row = conn.execute(queries.get("task_get"), {"id": task_id}).fetchone()
+    if row is None:
+        raise TaskNotFound(task_id)
+    return Task.from_row(row)
+
+
+def attempts(conn: Conn, task_id: int) -> list[dict[str, Any]]:
+    return list(conn.execute(queries.get("attempts_of_task"), {"id": task_id}))
+
+
+def retry_task(conn: Conn, task_id: int) -> Task:
+    """Queue a finished task again. Refused for a task that is still queued or running."""
+    row = conn.execute(queries.get("task_retry"), {"id": task_id}).fetchone()
+    if row is None:
+        task = get_task(conn, task_id)
+        raise InvalidInput("id", f"task {task_id} is {task.state}", "only finished tasks can be retried")
+    conn.execute("SELECT pg_notify('kubetasks', %s)", (f"{row['queue']}:{row['id']}",))
+    return Task.from_row(row)
+
+
+def cancel_task(conn: Conn, task_id: int, message: str | None = None) -> Task | None:
+    """Cancel a task not yet finished; None when it had already finished."""
+    row = conn.execute(queries.get("task_cancel"), {"id": task_id, "message": message}).fetchone()
+    if row is None:
+        get_task(conn, task_id)  # raises TaskNotFound when it does not exist
+        return None
+    return Task.from_row(row)
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    states: Sequence[str] = ()
+    actors: Sequence[str] = ()
+    queues: Sequence[str] = ()
+    schedule: str | None = None
+    object_ref: str | None = None
+    exclude_successful: bool = False
+
+    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
+        clauses: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        for value in self.states:
+            if value not in STATES:
+                raise InvalidInput("state", f"unknown state {value!r}", "use one of " + ", ".join(STATES))
+        for column, values in (("state", self.states), ("actor", self.actors), ("queue", self.queues)):
+            if values:
+                clauses.append(sql.SQL("{}::text = ANY(%({})s)").format(sql.Identifier(column),
+                                                                       sql.SQL(column + "s")))
+                params[column + "s"] = list(values)
+        if self.schedule is not None:
+            clauses.append(sql.SQL("schedule_name = %(schedule)s"))
+            params["schedule"] = self.schedule
+        if self.object_ref is not None:
+            clauses.append(sql.SQL("object_ref = %(object_ref)s"))
+            params["object_ref"] = self.object_ref
+        if self.exclude_successful:
+            clauses.append(sql.SQL("state <> 'successful'"))
+        if not clauses:
+            return sql.SQL("true"), params
+        return sql.SQL(" AND ").join(clauses), params
+
+
+def list_tasks(conn: Conn, filters: TaskFilter = TaskFilter(), *, limit: int = 100,
+               before_id: int | None = None) -> list[Task]:
+    """Newest first, at most `limit` (keyset pagination with `before_id`)."""
+    where, params = filters.where()
+    if before_id is not None:
+        where = sql.SQL("{} AND id < %(before_id)s").format(where)
+        params["before_id"] = before_id
+    params["limit"] = limit
+    query = sql.SQL("SELECT * FROM kubetasks.tasks WHERE {} ORDER BY id DESC LIMIT %(limit)s").format(where)
+    return [Task.from_row(row) for row in conn.execute(query, params)]
+
+
+def delete_tasks(conn: Conn, filters: TaskFilter, *, include_unfinished: bool = False) -> int:
+    """Delete the tasks matching `filters`. Unfinished ones only when asked, so a worker's task is never pulled
+    from under it by accident."""
+    if not (filters.states or filters.actors or filters.queues or filters.schedule or filters.object_ref):
+        raise InvalidInput("filters", "deleting every task needs at least one filter",
+                           "pass --state, --actor, --queue or --schedule")
+    where, params = filters.where()
+    if not include_unfinished:
+        where = sql.SQL("{} AND state NOT IN ('queued', 'running')").format(where)
+    cur = conn.execute(sql.SQL("DELETE FROM kubetasks.tasks WHERE {}").format(where), params)
+    return cur.rowcount
+
+
+def flush_queue(conn: Conn, queue: str) -> int:
+    """Delete the tasks waiting in a queue (not yet started); running ones finish normally."""
+    registry.validate_queue(queue)
+    cur = conn.execute("DELETE FROM kubetasks.tasks WHERE queue = %s AND state = 'queued' AND worker IS NULL",
+                       (queue,))
+    return cur.rowcount
+
+
+def stats(conn: Conn) -> list[dict[str, Any]]:
+    """Task counts by actor and state."""
+    return list(conn.execute(queries.get("task_stats")))
+
+
+def queue_depth(conn: Conn) -> list[dict[str, Any]]:
+    """Runnable, delayed and executing tasks per queue."""
+    return list(conn.execute(queries.get("runnable_count_by_queue")))
+
+
+def purge(conn: Conn, older_than_seconds: float, batch: int, max_batches: int = 1000) -> int:
+    """Delete finished tasks older than the cutoff, one short transaction per batch."""
+    total = 0
+    query: LiteralString = queries.get("task_purge_batch")
+    for _ in range(max_batches):
+        with conn.transaction():
+            deleted = conn.execute(query, {"older_than": older_than_seconds, "limit": batch}).rowcount
+        total += deleted
+        if deleted < batch:
+            break
+    return total

@@ -1,0 +1,93 @@
+"""Actors: the Python functions tasks run, declared with `@actor` and looked up by name."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from kubetasks.worker.errors import InvalidInput, UnknownActor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,255}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Actor:
+    name: str
+    fn: Callable[..., Any]
+    queue: str = "default"
+    max_retries: int | None = None
+    time_limit: float | None = None
+    priority: int = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+_registry: dict[str, Actor] = {}
+
+
+def validate_name(name: str, field: str = "actor") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput(field, f"{name!r} is not a valid actor name",
+                           "use 1-256 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'")
+    return name
+
+
+def validate_queue(queue: str, field: str = "queue") -> str:
+    if not isinstance(queue, str) or not _QUEUE.match(queue):
+        raise InvalidInput(field, f"{queue!r} is not a valid queue name",
+                           "use 1-128 letters, digits, '_', '.', ':' or '-'")
+    return queue
+
+
+def actor(name: str | None = None, *, queue: str = "default", max_retries: int | None = None,
+          time_limit: float | None = None, priority: int = 0) -> Callable[[Callable[P, R]], Actor]:
+    """Declare a function as an actor. `time_limit` is in seconds; None means the worker's default."""
+    if max_retries is not None and max_retries < 0:
+        raise InvalidInput("max_retries", f"{max_retries} is negative", "use 0 or more")
+    if time_limit is not None and time_limit <= 0:
+        raise InvalidInput("time_limit", f"{time_limit} is not positive", "give seconds > 0")
+
+    def register(fn: Callable[P, R]) -> Actor:
+        actor_name = validate_name(name or f"{fn.__module__}.{fn.__qualname__}")
+        declared = Actor(actor_name, fn, validate_queue(queue), max_retries, time_limit, priority)
+        existing = _registry.get(actor_name)
+        if existing is not None and existing.fn is not fn and _origin(existing.fn) != _origin(fn):
+            raise InvalidInput("actor", f"{actor_name!r} is declared twice", "give each actor its own name")
+        _registry[actor_name] = declared
+        return declared
+
+    return register
+
+
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    return (getattr(fn, "__module__", ""), getattr(fn, "__qualname__", ""))
+
+
+def get(name: str) -> Actor:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownActor(name, known=list(_registry)) from None
+
+
+def names() -> list[str]:
+    return sorted(_registry)
+
+
+def load_modules(modules: list[str]) -> None:
+    """Import the modules that declare actors (and the built-in ones)."""
+    importlib.import_module("kubetasks.worker.builtins")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InvalidInput("worker.modules", f"cannot import {module!r}: {exc}",
+                               "check KUBETASKS_WORKER__MODULES and the worker's PYTHONPATH") from exc

@@ -1,0 +1,67 @@
+"""Settings, read from the environment with authentik-style nesting.
+
+`KUBETASKS_DATABASE__URL`, `KUBETASKS_WORKER__THREADS=4`, `KUBETASKS_WORKER__TASK_MAX_RETRIES=3` …
+Durations accept seconds (`30`), ISO 8601 (`PT30S`) or `HH:MM:SS`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cache
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field("postgresql://postgres@127.0.0.1:5432/kubetasks",
+                     description="libpq DSN or URL of the PostgreSQL database holding the queue.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for one connection attempt.")
+    reconnect_max_backoff: float = Field(
+        10.0, gt=0, description="Upper bound, in seconds, of the backoff between reconnection attempts.")
+
+
+class WorkerSettings(BaseModel):
+    processes: int = Field(1, ge=1, le=256, description="Worker processes per replica.")
+    threads: int = Field(4, ge=1, le=1024, description="Task threads per process.")
+    queues: list[str] = Field(["default"], min_length=1,
+                              description="Queues this worker consumes, in order of preference.")
+    modules: list[str] = Field([], description="Python modules to import for their @actor declarations.")
+    task_max_retries: int = Field(3, ge=0, le=1000,
+                                  description="Retries after an exception when the actor sets none.")
+    task_default_time_limit: timedelta = Field(
+        timedelta(minutes=10), description="Time limit of a task whose actor and enqueue set none.")
+    task_expiration: timedelta = Field(
+        timedelta(days=30), description="Finished tasks older than this are purged.")
+    task_purge_interval: timedelta = Field(timedelta(minutes=5), description="How often to purge.")
+    task_purge_batch: int = Field(5000, ge=1, description="Rows deleted per purge statement (keeps locks short).")
+    scheduler_interval: timedelta = Field(timedelta(seconds=10), description="How often to fire due schedules.")
+    consumer_listen_timeout: timedelta = Field(
+        timedelta(seconds=5),
+        description="Longest LISTEN wait before scanning the table for tasks no notification announced.")
+    rescue_interval: timedelta = Field(
+        timedelta(seconds=15), description="How often to look for running tasks whose worker died.")
+    retry_backoff_base: timedelta = Field(timedelta(seconds=1), description="First retry delay; doubles each time.")
+    retry_backoff_max: timedelta = Field(timedelta(minutes=10), description="Longest retry delay.")
+    prefetch: int = Field(0, ge=0, description="Tasks claimed ahead of free threads (0: as many as threads).")
+    args_max_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON encoding of a task's args.")
+    abandoned_threads_limit: int = Field(
+        8, ge=1, description="Threads stuck past their time limit before the process restarts itself.")
+    command_allowlist: list[str] = Field(
+        [], description="Executables the built-in `kubetasks.command` actor may run; empty disables it.")
+    metrics_port: int = Field(9100, ge=0, le=65535,
+                              description="Port of /metrics, /healthz and /readyz; 0 disables it.")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBETASKS_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    database: DatabaseSettings = DatabaseSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,131 @@
+-- Queries on kubetasks.tasks, one named block each: "-- name: why".
+-- Advisory locks use the two-key form: class 7011 ("kt"), key = id's low 31 bits.
+
+-- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
+WITH inserted AS (
+    INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit,
+                                 schedule_name, schedule_tick, object_ref, dedup_key)
+    VALUES (%(queue)s, %(actor)s, %(args)s, %(priority)s, coalesce(%(eta)s, now()), %(max_retries)s,
+            %(time_limit)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s)
+    ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING
+    RETURNING *, true AS created
+)
+SELECT * FROM inserted
+UNION ALL
+SELECT *, false AS created FROM kubetasks.tasks
+WHERE dedup_key = %(dedup_key)s AND state IN ('queued', 'running') AND NOT EXISTS (SELECT FROM inserted);
+
+-- task_get: one task by id.
+SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
+
+-- task_claim: lock up to `limit` runnable tasks of one queue for this worker, highest priority and oldest first.
+-- Row locks (SKIP LOCKED) keep claimers apart; the session advisory lock then marks the attempt as alive
+-- for as long as this connection lives, which is how a dead worker's tasks are recognised.
+WITH candidates AS MATERIALIZED (
+    SELECT id FROM kubetasks.tasks
+    WHERE worker IS NULL AND state IN ('queued', 'running') AND queue = %(queue)s AND eta <= now()
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), locked AS MATERIALIZED (
+    SELECT id FROM candidates WHERE pg_try_advisory_lock(7011, (id & 2147483647)::int)
+)
+UPDATE kubetasks.tasks t
+SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.attempts + 1,
+    started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
+FROM locked WHERE t.id = locked.id
+RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.queue, t.attempt_started_at;
+
+-- task_finish_many: record the outcome of many attempts of this worker in one statement.
+-- A state of 'running' means "retry at eta": the task stays running, without a worker, until then.
+UPDATE kubetasks.tasks t
+SET state = o.state, reason = o.reason, result = o.result, error = o.error, worker = NULL,
+    eta = coalesce(o.eta, t.eta), updated_at = now(),
+    finished_at = CASE WHEN o.state IN ('queued', 'running') THEN NULL ELSE now() END
+FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
+            %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
+     AS o(id, state, reason, result, error, eta)
+WHERE t.id = o.id AND t.worker = %(worker)s
+RETURNING t.id;
+
+-- attempt_insert_many: keep the log and error of finished attempts that have something to tell.
+INSERT INTO kubetasks.task_attempts (task_id, attempt, state, reason, worker, started_at, error, log)
+SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::kubetasks.task_state[],
+                     %(reasons)s::text[], %(worker)s::text[], %(started)s::timestamptz[],
+                     %(errors)s::text[], %(logs)s::text[])
+ON CONFLICT (task_id, attempt) DO UPDATE
+SET state = EXCLUDED.state, reason = EXCLUDED.reason, error = EXCLUDED.error, log = EXCLUDED.log,
+    finished_at = EXCLUDED.finished_at;
+
+-- lock_release_many: release this session's advisory locks once the outcome is committed.
+SELECT count(*) FILTER (WHERE pg_advisory_unlock(7011, (id & 2147483647)::int)) AS released
+FROM unnest(%(ids)s::bigint[]) AS id;
+
+-- task_rescue: running tasks whose worker no longer holds the advisory lock (process killed, connection lost):
+-- retry them after a backoff while retries remain, else fail them. The transaction-level lock taken here
+-- proves nobody holds the session lock, and keeps claimers away until commit.
+WITH suspects AS MATERIALIZED (
+    SELECT t.id FROM kubetasks.tasks t
+    WHERE t.worker IS NOT NULL AND t.attempt_started_at < now() - make_interval(secs => %(grace)s)
+      AND NOT EXISTS (
+        SELECT FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.classid = 7011 AND l.objsubid = 2
+          AND l.objid::bigint = (t.id & 2147483647))
+    ORDER BY t.id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), lost AS MATERIALIZED (
+    SELECT id FROM suspects WHERE pg_try_advisory_xact_lock(7011, (id & 2147483647)::int)
+), rescued AS (
+    UPDATE kubetasks.tasks t
+    SET worker = NULL, reason = 'WorkerLost', updated_at = now(),
+        error = 'worker ' || t.worker || ' was lost during attempt ' || t.attempts,
+        state = CASE WHEN t.attempts <= t.max_retries THEN 'running' ELSE 'error' END::kubetasks.task_state,
+        finished_at = CASE WHEN t.attempts <= t.max_retries THEN NULL ELSE now() END,
+        eta = now() + least(make_interval(secs => %(backoff_base)s * 2 ^ (t.attempts - 1)),
+                            make_interval(secs => %(backoff_max)s))
+    FROM lost WHERE t.id = lost.id
+    RETURNING t.id, t.attempts, t.state, t.error, t.attempt_started_at, t.queue
+), logged AS (
+    INSERT INTO kubetasks.task_attempts (task_id, attempt, state, reason, started_at, error)
+    SELECT id, attempts, state, 'WorkerLost', attempt_started_at, error FROM rescued
+    ON CONFLICT (task_id, attempt) DO NOTHING
+)
+SELECT id, attempts, state FROM rescued;
+
+-- runnable_count_by_queue: queue depth (runnable now) and tasks in flight, per queue.
+SELECT queue,
+       count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
+       count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
+       count(*) FILTER (WHERE worker IS NOT NULL) AS executing
+FROM kubetasks.tasks
+WHERE state IN ('queued', 'running')
+GROUP BY queue;
+
+-- task_stats: counts by state and actor, for `kubetasks tasks stats` and the metrics.
+SELECT actor, state::text AS state, count(*) AS count FROM kubetasks.tasks GROUP BY actor, state ORDER BY actor, state;
+
+-- task_retry: run a finished task again from scratch, with a fresh retry budget.
+UPDATE kubetasks.tasks
+SET state = 'queued', reason = 'Queued', worker = NULL, attempts = 0, eta = now(), result = NULL,
+    error = NULL, started_at = NULL, attempt_started_at = NULL, finished_at = NULL, updated_at = now()
+WHERE id = %(id)s AND state NOT IN ('queued', 'running')
+RETURNING *;
+
+-- task_cancel: cancel a task that has not finished; an attempt in flight is told to stop by its worker.
+UPDATE kubetasks.tasks
+SET state = 'cancelled', reason = 'Cancelled', worker = NULL, finished_at = now(), updated_at = now(),
+    error = coalesce(%(message)s, 'cancelled')
+WHERE id = %(id)s AND state IN ('queued', 'running')
+RETURNING *;
+
+-- task_purge_batch: delete one batch of finished tasks older than the cutoff (short transactions, no bloat spike).
+WITH doomed AS (
+    SELECT id FROM kubetasks.tasks
+    WHERE finished_at < now() - make_interval(secs => %(older_than)s)
+    ORDER BY finished_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM kubetasks.tasks t USING doomed WHERE t.id = doomed.id;
+
+-- attempts_of_task: the per-attempt log, oldest first.
+SELECT * FROM kubetasks.task_attempts WHERE task_id = %(id)s ORDER BY attempt;
