@@ -10,7 +10,8 @@ venv="$here/.venv-peers"
 # Pinned peer versions; a stamp file lets a re-run skip pip when nothing changed.
 pins=(
   "procrastinate==3.10.0"
-  "pgqueuer==1.6.0"
+  "pgqueuer[asyncpg]==1.6.0"
+  "asyncpg==0.32.0"
   "dramatiq==2.2.1"
   "dramatiq-postgres==1.4.0"
   "psycopg[binary]==3.3.9"

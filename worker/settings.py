@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cache
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _seconds(value: Any) -> Any:
+    """Environment variables arrive as text: read a bare number as seconds."""
+    if isinstance(value, str):
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 class DatabaseSettings(BaseModel):
@@ -29,20 +43,20 @@ class WorkerSettings(BaseModel):
     modules: list[str] = Field([], description="Python modules to import for their @actor declarations.")
     task_max_retries: int = Field(3, ge=0, le=1000,
                                   description="Retries after an exception when the actor sets none.")
-    task_default_time_limit: timedelta = Field(
+    task_default_time_limit: Duration = Field(
         timedelta(minutes=10), description="Time limit of a task whose actor and enqueue set none.")
-    task_expiration: timedelta = Field(
+    task_expiration: Duration = Field(
         timedelta(days=30), description="Finished tasks older than this are purged.")
-    task_purge_interval: timedelta = Field(timedelta(minutes=5), description="How often to purge.")
+    task_purge_interval: Duration = Field(timedelta(minutes=5), description="How often to purge.")
     task_purge_batch: int = Field(5000, ge=1, description="Rows deleted per purge statement (keeps locks short).")
-    scheduler_interval: timedelta = Field(timedelta(seconds=10), description="How often to fire due schedules.")
-    consumer_listen_timeout: timedelta = Field(
+    scheduler_interval: Duration = Field(timedelta(seconds=10), description="How often to fire due schedules.")
+    consumer_listen_timeout: Duration = Field(
         timedelta(seconds=5),
         description="Longest LISTEN wait before scanning the table for tasks no notification announced.")
-    rescue_interval: timedelta = Field(
+    rescue_interval: Duration = Field(
         timedelta(seconds=15), description="How often to look for running tasks whose worker died.")
-    retry_backoff_base: timedelta = Field(timedelta(seconds=1), description="First retry delay; doubles each time.")
-    retry_backoff_max: timedelta = Field(timedelta(minutes=10), description="Longest retry delay.")
+    retry_backoff_base: Duration = Field(timedelta(seconds=1), description="First retry delay; doubles each time.")
+    retry_backoff_max: Duration = Field(timedelta(minutes=10), description="Longest retry delay.")
     prefetch: int = Field(0, ge=0, description="Tasks claimed ahead of free threads (0: as many as threads).")
     args_max_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON encoding of a task's args.")
     abandoned_threads_limit: int = Field(

@@ -36,17 +36,32 @@ SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.att
 FROM locked WHERE t.id = locked.id
 RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.queue, t.attempt_started_at;
 
--- task_finish_many: record the outcome of many attempts of this worker in one statement.
+-- task_finish_many: record the outcome of many attempts of this worker, then release their advisory locks.
 -- A state of 'running' means "retry at eta": the task stays running, without a worker, until then.
-UPDATE kubetasks.tasks t
-SET state = o.state, reason = o.reason, result = o.result, error = o.error, worker = NULL,
-    eta = coalesce(o.eta, t.eta), updated_at = now(),
-    finished_at = CASE WHEN o.state IN ('queued', 'running') THEN NULL ELSE now() END
-FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
-            %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
-     AS o(id, state, reason, result, error, eta)
-WHERE t.id = o.id AND t.worker = %(worker)s
-RETURNING t.id;
+-- The uncorrelated sub-select is a one-time filter evaluated before the first unlock, so every row is
+-- updated and row-locked before any lock is released: a rescuer never sees an attempt without its lock
+-- while its outcome is being written.
+WITH finished AS (
+    UPDATE kubetasks.tasks t
+    SET state = o.state, reason = o.reason, result = o.result, error = o.error, worker = NULL,
+        eta = coalesce(o.eta, t.eta), updated_at = now(),
+        finished_at = CASE WHEN o.state IN ('queued', 'running') THEN NULL ELSE now() END
+    FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
+                %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
+         AS o(id, state, reason, result, error, eta)
+    WHERE t.id = o.id AND t.worker = %(worker)s
+    RETURNING t.id
+)
+SELECT count(*) FILTER (WHERE pg_advisory_unlock(7011, (id & 2147483647)::int)) AS released
+FROM unnest(%(ids)s::bigint[]) AS id
+WHERE (SELECT count(*) FROM finished) >= 0;
+
+-- lock_again: after a reconnection, take back the advisory locks of attempts still in flight here;
+-- returns those this worker still owns (a rescuer or another worker may have taken the rest).
+WITH mine AS MATERIALIZED (
+    SELECT id FROM kubetasks.tasks WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s
+)
+SELECT id FROM mine WHERE pg_try_advisory_lock(7011, (id & 2147483647)::int);
 
 -- attempt_insert_many: keep the log and error of finished attempts that have something to tell.
 INSERT INTO kubetasks.task_attempts (task_id, attempt, state, reason, worker, started_at, error, log)
@@ -57,7 +72,7 @@ ON CONFLICT (task_id, attempt) DO UPDATE
 SET state = EXCLUDED.state, reason = EXCLUDED.reason, error = EXCLUDED.error, log = EXCLUDED.log,
     finished_at = EXCLUDED.finished_at;
 
--- lock_release_many: release this session's advisory locks once the outcome is committed.
+-- lock_release_many: release this session's advisory locks (attempts given up after a reconnection).
 SELECT count(*) FILTER (WHERE pg_advisory_unlock(7011, (id & 2147483647)::int)) AS released
 FROM unnest(%(ids)s::bigint[]) AS id;
 
@@ -111,12 +126,16 @@ SET state = 'queued', reason = 'Queued', worker = NULL, attempts = 0, eta = now(
 WHERE id = %(id)s AND state NOT IN ('queued', 'running')
 RETURNING *;
 
--- task_cancel: cancel a task that has not finished; an attempt in flight is told to stop by its worker.
-UPDATE kubetasks.tasks
-SET state = 'cancelled', reason = 'Cancelled', worker = NULL, finished_at = now(), updated_at = now(),
-    error = coalesce(%(message)s, 'cancelled')
-WHERE id = %(id)s AND state IN ('queued', 'running')
-RETURNING *;
+-- task_cancel: cancel a task that has not finished; the worker running it is told on channel kubetasks_cancel.
+WITH cancelled AS (
+    UPDATE kubetasks.tasks
+    SET state = 'cancelled', reason = 'Cancelled', worker = NULL, finished_at = now(), updated_at = now(),
+        error = coalesce(%(message)s, 'cancelled')
+    WHERE id = %(id)s AND state IN ('queued', 'running')
+    RETURNING *
+)
+SELECT cancelled.* FROM cancelled
+CROSS JOIN LATERAL (SELECT pg_notify('kubetasks_cancel', cancelled.id::text)) AS told;
 
 -- task_purge_batch: delete one batch of finished tasks older than the cutoff (short transactions, no bloat spike).
 WITH doomed AS (

@@ -1,0 +1,310 @@
+"""The six scenarios, written once against the `System` interface so every system is timed alike.
+
+Each scenario function gets a fresh database (cloned from the system's schema template) and returns
+{metric key: value} plus details; the orchestrator turns exceptions into `failed` / `timeout`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from systems.base import Ctx, Slots, System, Timeout, WorkerGroup
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    scenario: str
+    figure: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS = [
+    Metric("enqueue", "1", "bulk enqueue", "tasks/s", True),
+    Metric("e2e", "2", "end-to-end drain", "tasks/s", True),
+    Metric("steady_p50", "3", "steady 500/s: pick-up latency p50", "ms", False),
+    Metric("steady_p99", "3", "steady 500/s: pick-up latency p99", "ms", False),
+    Metric("deep_rss", "4", "deep queue: worker peak RSS", "MB", False),
+    Metric("deep_claim", "4", "deep queue: claim latency (per slot)", "ms", False),
+    Metric("deep_first", "4", "deep queue: first claim after start", "s", False),
+    Metric("retry", "5", "10% fail once: drain", "tasks/s", True),
+    Metric("retry_rel", "5", "10% fail once: relative to scenario 2", "x", True),
+    Metric("sched", "6", "scheduler: all fired after the minute", "s", False),
+]
+SCENARIOS = {"1": "bulk enqueue", "2": "end-to-end", "3": "steady state", "4": "deep queue",
+             "5": "retries", "6": "scheduler"}
+
+
+@dataclass
+class Sizes:
+    """Task counts for one suite run; the issue's full sizes times `scale`."""
+
+    scale: float
+    tasks: int = 0  # scenarios 1, 2, 5
+    deep_queued: int = 0
+    deep_finished: int = 0
+    deep_work: int = 0  # tasks worked off the top of the deep backlog
+    schedules: int = 0
+    steady_rate: float = 500.0
+    steady_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.tasks = self.tasks or max(100, round(100_000 * self.scale))
+        self.deep_queued = self.deep_queued or max(1000, round(1_000_000 * self.scale))
+        self.deep_finished = self.deep_finished or self.deep_queued
+        self.deep_work = self.deep_work or min(self.deep_queued, self.tasks)
+        self.schedules = self.schedules or max(10, round(10_000 * self.scale))
+
+
+@dataclass
+class Env:
+    """What every scenario run needs besides the system."""
+
+    system: System
+    ctx: Ctx
+    sizes: Sizes
+    slots: Slots
+    timeout: float
+    groups: list[WorkerGroup] = field(default_factory=list)
+
+    def start_workers(self, schedules: int = 0) -> WorkerGroup:
+        group = self.system.start_workers(self.ctx, self.slots, schedules)
+        self.groups.append(group)
+        return group
+
+    def stop_all(self) -> None:
+        for group in self.groups:
+            group.stop()
+        self.groups.clear()
+
+
+class Records:
+    """Incremental reader of the task start records ("<tag> <unix time>" lines)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.offsets: dict[Path, int] = {}
+        self.first: dict[str, float] = {}  # tag -> first start
+        self.starts: dict[str, int] = {}  # tag -> number of starts
+        self.times: list[float] = []  # every start, in reading order
+
+    def poll(self) -> int:
+        for path in self.out.glob("starts-*.txt"):
+            offset = self.offsets.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # only whole lines; a partial one is read next time
+            self.offsets[path] = offset + end
+            for line in data[:end].decode().splitlines():
+                tag, _, stamp = line.partition(" ")
+                t = float(stamp)
+                self.times.append(t)
+                self.starts[tag] = self.starts.get(tag, 0) + 1
+                if tag not in self.first or t < self.first[tag]:
+                    self.first[tag] = t
+        return len(self.times)
+
+    def count_tasks(self, n: int) -> int:
+        """How many of the task tags 0..n-1 have started at least once."""
+        return sum(1 for i in range(n) if str(i) in self.first)
+
+
+def wait_for(what: str, check: Callable[[], bool], deadline: float, groups: list[WorkerGroup],
+             interval: float = 0.05) -> float:
+    """Poll `check` until true; return the time it was seen. Worker deaths and the deadline raise."""
+    while True:
+        for group in groups:
+            group.check_alive()
+            group.sample()
+        if check():
+            return time.time()
+        if time.time() > deadline:
+            raise Timeout(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def pending(conn: psycopg.Connection[Any], system: System) -> int:
+    row = conn.execute(system.pending_sql).fetchone()  # type: ignore[arg-type]
+    return int(row[0]) if row else -1
+
+
+def drain(env: Env, n: int, t0: float, group: WorkerGroup, records: Records) -> float:
+    """Wait until tasks 0..n-1 all started, then until the database counts nothing left to do.
+
+    The cheap file records tell when to start asking the database; the COUNT decides when it is drained.
+    """
+    deadline = t0 + env.timeout
+    wait_for("all tasks to start", lambda: records.poll() >= n and records.count_tasks(n) == n,
+             deadline, [group])
+    with psycopg.connect(env.ctx.dsn, autocommit=True) as conn:
+        return wait_for("the queue to drain (COUNT = 0)", lambda: pending(conn, env.system) == 0,
+                        deadline, [group], interval=0.02)
+
+
+def scenario_enqueue_and_drain(env: Env) -> dict[str, Any]:
+    """Scenarios 1 and 2: bulk-enqueue N tasks, then work them down with all slots."""
+    n = env.sizes.tasks
+    seconds = env.system.enqueue(env.ctx, n, timeout=env.timeout)
+    records = Records(env.ctx.out)
+    t0 = time.time()
+    group = env.start_workers()
+    t_end = drain(env, n, t0, group, records)
+    records.poll()
+    return {"enqueue": n / seconds, "e2e": n / (t_end - t0),
+            "details": {"enqueue_s": seconds, "drain_s": t_end - t0,
+                        "first_start_after_s": min(records.first.values()) - t0,
+                        "duplicate_starts": sum(c - 1 for c in records.starts.values()),
+                        "worker_peak_rss_mb": group.peak_rss_mb()}}
+
+
+def ready(env: Env, group: WorkerGroup, records: Records, timeout: float = 120.0) -> float:
+    """Enqueue the probe task (tag -1) and wait until a worker runs it: the workers are up."""
+    env.system.probe(env.ctx)
+
+    def probed() -> bool:
+        records.poll()
+        return "-1" in records.first
+
+    return wait_for("the probe task (workers up)", probed, time.time() + timeout, [group])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def scenario_steady(env: Env) -> dict[str, Any]:
+    """Scenario 3: enqueue one task at a time at a fixed rate while working; pick-up latency."""
+    records = Records(env.ctx.out)
+    group = env.start_workers()
+    ready(env, group, records)
+    rate, duration = env.sizes.steady_rate, env.sizes.steady_seconds
+    proc = env.system.start_steady(env.ctx, rate, duration)
+    try:
+        deadline = time.time() + duration * 3 + 60
+        wait_for("the steady enqueuer", lambda: proc.poll() is not None, deadline, [group], interval=0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout = proc.stdout.read().decode() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"steady enqueuer exited {proc.returncode}: {stdout[-500:]}")
+    commits: dict[str, float] = {}
+    for line in (env.ctx.out / "enqueued.txt").read_text().splitlines():
+        tag, _, stamp = line.partition(" ")
+        commits[tag] = float(stamp)
+    total = len(commits)
+    t0 = time.time()
+    drain(env, total, t0, group, records)
+    latencies = [(records.first[tag] - t) * 1000 for tag, t in commits.items()]
+    span = max(commits.values()) - min(commits.values())
+    achieved = (total - 1) / span if span > 0 else float("nan")
+    return {"steady_p50": percentile(latencies, 50), "steady_p99": percentile(latencies, 99),
+            "details": {"tasks": total, "target_rate": rate, "achieved_rate": achieved,
+                        "mean_ms": statistics.fmean(latencies), "max_ms": max(latencies),
+                        "negative": sum(1 for v in latencies if v < 0)}}
+
+
+def scenario_deep(env: Env) -> dict[str, Any]:
+    """Scenario 4: a deep backlog (plus finished rows where the system keeps them); memory and claims."""
+    sizes = env.sizes
+    finished = sizes.deep_finished if env.system.keeps_finished else 0
+    t_fill = time.time()
+    env.system.prefill(env.ctx, sizes.deep_queued, finished, timeout=max(600.0, env.timeout))
+    fill_s = time.time() - t_fill
+    records = Records(env.ctx.out)
+    t0 = time.time()
+    group = env.start_workers()
+    k = sizes.deep_work
+    wait_for(f"{k} tasks off the deep backlog", lambda: records.poll() >= k, t0 + env.timeout, [group])
+    group.sample(every=0)
+    times = sorted(records.times)[:k]
+    span = times[-1] - times[0]
+    per_slot_ms = env.slots.total * span / max(1, k - 1) * 1000
+    return {"deep_rss": group.peak_rss_mb(), "deep_claim": per_slot_ms, "deep_first": times[0] - t0,
+            "details": {"queued": sizes.deep_queued, "finished_rows": finished, "worked": k,
+                        "prefill_s": fill_s, "throughput": (k - 1) / span if span > 0 else None,
+                        "processes": len(group.hwm_kb)}}
+
+
+def scenario_retries(env: Env) -> dict[str, Any]:
+    """Scenario 5: as scenario 2, but every 10th task fails on its first attempt."""
+    n = env.sizes.tasks
+    seconds = env.system.enqueue(env.ctx, n, fail_every=10, timeout=env.timeout)
+    records = Records(env.ctx.out)
+    t0 = time.time()
+    group = env.start_workers()
+    t_end = drain(env, n, t0, group, records)
+    records.poll()
+    should = [str(i) for i in range(0, n, 10)]
+    not_retried = sum(1 for tag in should if records.starts.get(tag, 0) < 2)
+    if not_retried:
+        raise RuntimeError(f"{not_retried} failing tasks were not run a second time")
+    extra = sum(records.starts.values()) - n - len(should)
+    return {"retry": n / (t_end - t0),
+            "details": {"enqueue_s": seconds, "drain_s": t_end - t0, "failed_once": len(should),
+                        "unexpected_extra_starts": extra}}
+
+
+def scenario_scheduler(env: Env) -> dict[str, Any]:
+    """Scenario 6: S every-minute schedules; time from the minute until every one has run, once."""
+    s = env.sizes.schedules
+    records = Records(env.ctx.out)
+    group = env.start_workers(schedules=s)
+    t_ready = ready(env, group, records, timeout=180.0)
+    boundary = math.floor(time.time() / 60) * 60 + 60.0
+    tags = [f"s{k}" for k in range(s)]
+    late = boundary + 55.0  # past this the next minute would fire too
+
+    def fired() -> bool:
+        records.poll()
+        return all(records.first.get(tag, 0.0) >= boundary - 0.5 for tag in tags)
+
+    wait_for(f"all {s} schedules to fire", fired, late, [group], interval=0.1)
+    t_all = max(records.first[tag] for tag in tags)
+    # A grace period, then each schedule must have run exactly once for this minute.
+    grace_end = min(late, time.time() + 3.0)
+    while time.time() < grace_end:
+        group.sample()
+        time.sleep(0.1)
+    records.poll()
+    dupes = sum(records.starts.get(tag, 0) - 1 for tag in tags)
+    if dupes:
+        raise RuntimeError(f"{dupes} duplicate firings for one minute")
+    return {"sched": t_all - boundary,
+            "details": {"schedules": s, "waited_for_minute_s": boundary - t_ready,
+                        "first_fired_after_s": min(records.first[tag] for tag in tags) - boundary}}
+
+
+RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
+    "12": scenario_enqueue_and_drain,
+    "3": scenario_steady,
+    "4": scenario_deep,
+    "5": scenario_retries,
+    "6": scenario_scheduler,
+}
+
+
+def runner_keys(selected: set[str]) -> list[str]:
+    """Scenarios 1 and 2 share one run (the enqueued tasks are then worked down)."""
+    keys = []
+    if selected & {"1", "2"}:
+        keys.append("12")
+    keys.extend(k for k in ("3", "4", "5", "6") if k in selected)
+    return keys
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

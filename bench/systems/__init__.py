@@ -1,0 +1,15 @@
+"""One adapter per benchmarked system, by name (the order is the table's column order)."""
+
+from __future__ import annotations
+
+from .base import System
+from .kubetasks import Kubetasks
+from .peers import Dramatiq, Graphile, PgQueuer, Procrastinate
+
+SYSTEMS: dict[str, type[System]] = {
+    "kubetasks": Kubetasks,
+    "procrastinate": Procrastinate,
+    "pgqueuer": PgQueuer,
+    "dramatiq": Dramatiq,
+    "graphile": Graphile,
+}

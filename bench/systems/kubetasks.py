@@ -1,0 +1,58 @@
+"""The kubetasks adapter: the project's own venv, `kubetasks worker` with P processes x T threads."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+from .base import BENCH, PEERS_DIR, Ctx, Slots, System
+
+ROOT = BENCH.parent
+
+
+class Kubetasks(System):
+    name = "kubetasks"
+    label = "kubetasks"
+    pending_sql = "SELECT count(*) FROM kubetasks.tasks WHERE state IN ('queued', 'running')"
+    concurrency_note = ("one `kubetasks worker` with KUBETASKS_WORKER__PROCESSES=P and "
+                        "KUBETASKS_WORKER__THREADS=T")
+
+    def missing(self) -> str | None:
+        for module in ("kubetasks.worker.db", "kubetasks.worker.queue", "kubetasks.worker.registry"):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                return f"kubetasks API not importable: {exc}"
+        if self.cli() is None:
+            return "the `kubetasks` command is not installed in this venv"
+        return None
+
+    def cli(self) -> str | None:
+        beside = Path(sys.executable).with_name("kubetasks")
+        return str(beside) if beside.exists() else shutil.which("kubetasks")
+
+    def driver(self) -> list[str]:
+        return [sys.executable, str(PEERS_DIR / "kubetasks_driver.py")]
+
+    def cwd(self) -> Path:
+        return ROOT  # so `bench.tasks_kubetasks` imports
+
+    def env(self, ctx: Ctx, schedules: int = 0) -> dict[str, str]:
+        env = super().env(ctx, schedules)
+        env["KUBETASKS_DATABASE__URL"] = ctx.dsn
+        env["PYTHONPATH"] = str(ROOT)
+        # Retry right away, as the peers are configured to (graphile-worker's backoff is fixed).
+        env.setdefault("KUBETASKS_WORKER__RETRY_BACKOFF_BASE", "0.001")
+        env.setdefault("KUBETASKS_WORKER__METRICS_PORT", "0")
+        return env
+
+    def worker_env(self, ctx: Ctx, slots: Slots, schedules: int) -> dict[str, str]:
+        env = self.env(ctx, schedules)
+        env["KUBETASKS_WORKER__PROCESSES"] = str(slots.processes)
+        env["KUBETASKS_WORKER__THREADS"] = str(slots.threads)
+        return env
+
+    def worker_commands(self, slots: Slots, schedules: int) -> list[list[str]]:
+        return [[self.cli() or "kubetasks", "worker", "--module", "bench.tasks_kubetasks"]]

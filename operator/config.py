@@ -1,0 +1,43 @@
+"""Operator settings, from the environment like the worker's (`KUBETASKS_OPERATOR__RESYNC_INTERVAL=30`).
+
+The database URL and the actor modules are the worker's settings (`KUBETASKS_DATABASE__URL`,
+`KUBETASKS_WORKER__MODULES`): the operator imports the same modules so it can refuse a Schedule or TaskRun
+naming an actor that no worker would know, before anything is enqueued.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBETASKS_OPERATOR__", extra="ignore")
+
+    resync_interval: timedelta = Field(
+        timedelta(seconds=30),
+        description="How often TaskRun statuses are re-read from the database even without a notification "
+                    "(the safety net for notifications lost while the LISTEN connection was down).")
+    schedule_sync_interval: timedelta = Field(
+        timedelta(seconds=10),
+        description="How often each Schedule's status, TaskRuns and history pruning are reconciled.")
+    notify_batch_delay: timedelta = Field(
+        timedelta(milliseconds=50),
+        description="Notifications arriving within this delay are handled together (one query per burst).")
+    run_scheduler: bool = Field(
+        True, description="Fire due schedules from the operator too, so schedules keep firing while a "
+                          "WorkerPool has scaled every worker to zero (firing is exactly-once per tick).")
+    scheduler_interval: timedelta = Field(
+        timedelta(seconds=5), description="How often the operator fires due schedules.")
+    validate_actors: bool = Field(
+        True, description="Refuse specs naming an actor the modules in KUBETASKS_WORKER__MODULES do not "
+                          "declare; turn off when the operator image lacks the worker's code.")
+    pool_size: int = Field(4, ge=1, le=64, description="Database connections of the operator.")
+
+
+@cache
+def get_operator_settings() -> OperatorSettings:
+    return OperatorSettings()

@@ -1,0 +1,144 @@
+"""The Kubernetes API calls the operator makes outside Kopf's own handling; the only module importing the
+`kubernetes` client.
+
+Kopf watches and patches the objects it hands to handlers; this module covers the rest: creating and
+pruning a Schedule's TaskRuns, patching status from the database listener (a thread outside any handler),
+reading and scaling Deployments, and posting Events. Everything takes and returns plain dicts, so the
+callers (and their tests) never see client model classes. Calls are synchronous: they run on Kopf's
+handler threads or the listener thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetasks.operator import resources
+
+log = logging.getLogger(__name__)
+COMPONENT = "kubetasks-operator"
+
+
+class Kube:
+    """One API client; thread-safe for the synchronous calls made here (urllib3 pools connections)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.api = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.host = os.environ.get("HOSTNAME") or socket.gethostname()
+
+    # -- custom resources ------------------------------------------------------------------------------
+
+    def get(self, kind: resources.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+                resources.GROUP, resources.VERSION, namespace, kind.plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        found = self.custom.list_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, namespace, kind.plural, label_selector=label_selector)
+        return cast(list[dict[str, Any]], found.get("items", []))
+
+    def create(self, kind: resources.Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(object, created); an object already there by that name is returned as is."""
+        try:
+            made = self.custom.create_namespaced_custom_object(
+                resources.GROUP, resources.VERSION, namespace, kind.plural, body)
+            return cast(dict[str, Any], made), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get(kind, namespace, body["metadata"]["name"])
+        if existing is None:  # deleted between the conflict and the read: let the next pass create it
+            raise RuntimeError(f"{kind.kind} {namespace}/{body['metadata']['name']} vanished during creation")
+        return existing, False
+
+    def delete(self, kind: resources.Kind, namespace: str, name: str) -> bool:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                resources.GROUP, resources.VERSION, namespace, kind.plural, name,
+                body=client.V1DeleteOptions(propagation_policy="Background"))
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def patch_status(self, kind: resources.Kind, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge-patch `.status` (None values delete keys); False when the object is gone."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                resources.GROUP, resources.VERSION, namespace, kind.plural, name, {"status": status})
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # -- Deployments -----------------------------------------------------------------------------------
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], self.api.sanitize_for_serialization(found))
+
+    def get_scale(self, namespace: str, name: str) -> int | None:
+        """The Deployment's `/scale` replicas, or None when it does not exist."""
+        try:
+            scale = self.apps.read_namespaced_deployment_scale(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return int(scale.spec.replicas or 0) if scale.spec else 0
+
+    def set_scale(self, namespace: str, name: str, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+    # -- Events ----------------------------------------------------------------------------------------
+
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about `body` (what `kubectl describe` lists). Never raises: events are
+        best-effort, and a failure to post one must not fail the reconciliation that caused it."""
+        meta = body.get("metadata") or {}
+        now = datetime.now(UTC)
+        event = {
+            "metadata": {"generateName": f"{meta.get('name', 'kubetasks')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "name": meta.get("name"),
+                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": resources.rfc3339(now), "lastTimestamp": resources.rfc3339(now), "count": 1,
+            "source": {"component": COMPONENT, "host": self.host},
+            "reportingComponent": COMPONENT, "reportingInstance": f"{self.host}-{uuid.getnode():x}",
+        }
+        try:
+            self.core.create_namespaced_event(meta.get("namespace") or "default", event)
+        except ApiException as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta.get("namespace"), meta.get("name"),
+                        exc.reason)

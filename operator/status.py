@@ -1,0 +1,247 @@
+"""Status and conditions computed from database rows: pure functions, no I/O.
+
+A TaskRun's `Succeeded` condition follows Tekton: Unknown while the task is queued or running, True when it
+succeeded, False when it failed or was cancelled; the reason is the task row's `reason` column (Queued,
+Running, Retrying, Succeeded, SucceededWithWarnings, Failed, TimedOut, Cancelled, WorkerLost), checked
+against the state so that an unexpected value never contradicts it. A Schedule gets Ready, Suspended and
+LastRunFailed.
+
+`lastTransitionTime` only moves when a condition's status changes, as Kubernetes API conventions ask; the
+previous conditions are passed in for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubetasks.operator import resources
+
+SUCCEEDED = "Succeeded"
+READY = "Ready"
+SUSPENDED = "Suspended"
+LAST_RUN_FAILED = "LastRunFailed"
+
+FINAL_STATES = ("successful", "warning", "error", "cancelled")
+# Reasons that may accompany each state; the first one is the default when the row says something else.
+_REASONS: dict[str, tuple[str, ...]] = {
+    "queued": ("Queued",),
+    "running": ("Running", "Retrying", "WorkerLost"),
+    "successful": ("Succeeded",),
+    "warning": ("SucceededWithWarnings",),
+    "error": ("Failed", "TimedOut", "WorkerLost"),
+    "cancelled": ("Cancelled",),
+}
+_STATUS = {"queued": "Unknown", "running": "Unknown", "successful": "True", "warning": "True",
+           "error": "False", "cancelled": "False"}
+# Event type per reason: what an operator on call wants to see in `kubectl get events --field-selector
+# type=Warning`.
+WARNING_REASONS = frozenset({"Retrying", "WorkerLost", "Failed", "TimedOut", "SucceededWithWarnings"})
+
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 4096
+MESSAGE_BYTES = 2048
+
+
+def reason_of(state: str, reason: str | None) -> str:
+    allowed = _REASONS.get(state, ("Unknown",))
+    return reason if reason in allowed else allowed[0]
+
+
+def condition(type_: str, status: str, reason: str, message: str, now: datetime,
+              previous: Sequence[Mapping[str, Any]] = (), generation: int | None = None) -> dict[str, Any]:
+    """One condition dict; keeps the previous lastTransitionTime when the status did not change."""
+    before = next((c for c in previous if c.get("type") == type_), None)
+    since: Any = now
+    if before is not None and before.get("status") == status and before.get("lastTransitionTime"):
+        since = before["lastTransitionTime"]
+    built: dict[str, Any] = {
+        "type": type_, "status": status, "reason": reason, "message": _clip(message, MESSAGE_BYTES),
+        "lastTransitionTime": since if isinstance(since, str) else resources.rfc3339(since),
+    }
+    if generation is not None:
+        built["observedGeneration"] = generation
+    return built
+
+
+def _clip(text: str, limit: int, keep_end: bool = False) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    if keep_end:
+        return "…" + data[-limit:].decode(errors="ignore")
+    return data[:limit].decode(errors="ignore") + "…"
+
+
+def human_duration(seconds: float) -> str:
+    """Go-style short duration, as kubectl prints them: 850ms, 12s, 3m4s, 2h5m, 3d4h."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s".replace(".0s", "s") if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def log_tail(log: str | None, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_BYTES) -> str | None:
+    if not log:
+        return None
+    tail = "\n".join(log.rstrip("\n").splitlines()[-lines:])
+    return _clip(tail, limit, keep_end=True)
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """The columns of a task row (plus its latest attempt's log) that a TaskRun's status shows."""
+
+    id: int
+    state: str
+    reason: str
+    attempts: int
+    max_retries: int
+    eta: datetime
+    worker: str | None
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    log: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TaskView:
+        return cls(id=row["id"], state=row["state"], reason=row["reason"], attempts=row["attempts"],
+                   max_retries=row["max_retries"], eta=row["eta"], worker=row.get("worker"),
+                   error=row.get("error"), started_at=row.get("started_at"), finished_at=row.get("finished_at"),
+                   updated_at=row["updated_at"], log=row.get("log"))
+
+
+def task_message(task: TaskView, reason: str, now: datetime) -> str:
+    max_attempts = task.max_retries + 1
+    if task.state == "queued":
+        if task.eta > now:
+            return f"Task {task.id} waits until {resources.rfc3339(task.eta)}"
+        return f"Task {task.id} waits for a worker"
+    if task.state == "running" and task.worker is not None:
+        return f"Attempt {task.attempts} of {max_attempts} running on {task.worker}"
+    if task.state == "running":
+        why = f": {task.error}" if task.error else ""
+        return f"Attempt {task.attempts} of {max_attempts} failed{why}; retrying at {resources.rfc3339(task.eta)}"
+    if task.state in ("successful", "warning"):
+        return f"Succeeded after {task.attempts} attempt{'s' if task.attempts != 1 else ''}" + (
+            f": {task.error}" if task.state == "warning" and task.error else "")
+    if task.state == "cancelled":
+        return task.error or "Cancelled"
+    return task.error or reason
+
+
+def taskrun_status(task: TaskView, now: datetime, previous: Mapping[str, Any] | None = None,
+                   generation: int | None = None) -> dict[str, Any]:
+    """The `.status` of a TaskRun mirroring `task` (every key present, so a merge patch clears stale ones)."""
+    previous = previous or {}
+    reason = reason_of(task.state, task.reason)
+    message = task_message(task, reason, now)
+    succeeded = condition(SUCCEEDED, _STATUS.get(task.state, "Unknown"), reason, message, now,
+                          previous.get("conditions") or ())
+    duration = None
+    if task.started_at is not None:
+        end = task.finished_at or (now if task.state not in FINAL_STATES else task.updated_at)
+        duration = human_duration(max(0.0, (end - task.started_at).total_seconds()))
+    return {
+        "state": task.state,
+        "conditions": [succeeded],
+        "attempt": task.attempts,
+        "maxAttempts": task.max_retries + 1,
+        "startTime": resources.rfc3339(task.started_at) if task.started_at else None,
+        "completionTime": resources.rfc3339(task.finished_at) if task.finished_at else None,
+        "duration": duration,
+        "message": _clip(message, MESSAGE_BYTES),
+        "taskId": task.id,
+        "logTail": log_tail(task.log),
+        "observedGeneration": generation if generation is not None else previous.get("observedGeneration"),
+    }
+
+
+def transition(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(event type, reason, message) when the Succeeded reason or the attempt changed, else None."""
+
+    def key(status: Mapping[str, Any] | None) -> tuple[Any, Any]:
+        if not status:
+            return (None, None)
+        cond = next((c for c in status.get("conditions") or () if c.get("type") == SUCCEEDED), {})
+        return (cond.get("reason"), status.get("attempt"))
+
+    before, after = key(previous), key(current)
+    if before == after or after[0] is None:
+        return None
+    reason = str(after[0])
+    cond = current["conditions"][0]
+    return ("Warning" if reason in WARNING_REASONS else "Normal", reason, str(cond.get("message", "")))
+
+
+def invalid_reason(field: str) -> str:
+    """`spec.timeZone` -> InvalidTimeZone: the reason names the field at fault."""
+    leaf = field.split(" ")[-1].split(".")[-1].split("[")[0] or "Spec"
+    return "Invalid" + leaf[:1].upper() + leaf[1:]
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """A schedule row and a summary of its runs: what a Schedule's status shows."""
+
+    paused: bool
+    next_run: datetime | None
+    last_run: datetime | None
+    last_success: datetime | None
+    active: int
+    last_state: str | None = None
+    last_name: str | None = None
+    last_failed_reason: str | None = None  # set when the newest *finished* run failed
+    last_failed_message: str | None = None
+
+
+def schedule_status(view: ScheduleView | None, now: datetime, previous: Mapping[str, Any] | None = None,
+                    generation: int | None = None, invalid: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The `.status` of a Schedule; `invalid` is (reason, message) when the spec was refused."""
+    previous = previous or {}
+    before = previous.get("conditions") or ()
+    if invalid is not None or view is None:
+        reason, message = invalid or ("NotApplied", "The schedule is not stored yet")
+        return {
+            "conditions": [condition(READY, "False", reason, message, now, before, generation),
+                           *[c for c in before if c.get("type") != READY]],
+            "nextScheduleTime": None,
+            "observedGeneration": generation,
+        }
+    conditions = [
+        condition(READY, "True", "Scheduled", "Stored; the scheduler fires it on time", now, before,
+                  generation),
+        condition(SUSPENDED, "True" if view.paused else "False", "Suspended" if view.paused else "Active",
+                  "spec.suspend is true: no new runs start" if view.paused else "New runs start on schedule",
+                  now, before, generation),
+    ]
+    if view.last_failed_reason:
+        conditions.append(condition(LAST_RUN_FAILED, "True", view.last_failed_reason,
+                                    view.last_failed_message or view.last_failed_reason, now, before))
+    else:
+        conditions.append(condition(LAST_RUN_FAILED, "False", "LastRunSucceeded" if view.last_state else "NoRuns",
+                                    "The most recent finished run did not fail" if view.last_state
+                                    else "No run has finished yet", now, before))
+    return {
+        "conditions": conditions,
+        "lastScheduleTime": resources.rfc3339(view.last_run) if view.last_run else None,
+        "lastSuccessfulTime": resources.rfc3339(view.last_success) if view.last_success else None,
+        "nextScheduleTime": resources.rfc3339(view.next_run) if view.next_run and not view.paused else None,
+        "lastRunState": view.last_state,
+        "lastRunName": view.last_name,
+        "active": view.active,
+        "observedGeneration": generation,
+    }

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import worker_actors  # noqa: F401 - declares the actors enqueued below
+from waiting import wait_for
+from workers import WorkerProcess
+
+from kubetasks.worker import db, queries, queue
+
+
+def states(conn: db.Conn) -> dict[str, int]:
+    return {r["state"]: r["n"] for r in conn.execute(
+        "SELECT state::text, count(*) AS n FROM kubetasks.tasks GROUP BY state")}
+
+
+def test_notification_picks_up_task_at_once(conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker(consumer_listen_timeout="60")  # only a notification can wake it in time
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+                                  ).fetchone()["n"] > 0, what="worker listening")  # type: ignore[index]
+    task = queue.enqueue(conn, "t.noop", {})
+    done = wait_for(lambda: queue.get_task(conn, task.id).state == "successful", timeout=10, what="pick-up")
+    assert done
+
+
+def test_tasks_enqueued_while_no_worker_ran_are_picked_up(conn: db.Conn, tmp_path: Path,
+                                                         start_worker: Callable[..., WorkerProcess]) -> None:
+    out = tmp_path / "out"
+    for i in range(30):
+        queue.enqueue(conn, "t.record", {"path": str(out), "value": str(i)})
+    start_worker()
+    wait_for(lambda: states(conn) == {"successful": 30}, what="all 30 done")
+    assert sorted(out.read_text().split()) == sorted(str(i) for i in range(30))
+
+
+def test_two_workers_race_each_task_runs_once(conn: db.Conn, tmp_path: Path,
+                                             start_worker: Callable[..., WorkerProcess]) -> None:
+    out = tmp_path / "out"
+    queue.enqueue_many(conn, "t.record", ({"path": str(out), "value": str(i)} for i in range(400)))
+    start_worker(threads=4)
+    start_worker(threads=4)
+    wait_for(lambda: states(conn) == {"successful": 400}, timeout=60, what="all 400 done")
+    values = out.read_text().split()
+    assert len(values) == 400 and len(set(values)) == 400
+
+
+def test_two_claimers_one_task_exactly_one_wins(dsn: str, conn: db.Conn) -> None:
+    task = queue.enqueue(conn, "t.noop", {})
+    results: dict[str, list[int]] = {}
+    barrier = threading.Barrier(2)
+
+    def claim(name: str) -> None:
+        with db.connect(dsn) as c:
+            barrier.wait()
+            rows = c.execute(queries.get("task_claim"), {"queue": "default", "limit": 10, "worker": name})
+            results[name] = [r["id"] for r in rows]
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results["a"] + results["b"]) == [task.id]
+
+
+def test_retries_with_backoff_keep_per_attempt_logs(conn: db.Conn, tmp_path: Path,
+                                                    start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker()
+    task = queue.enqueue(conn, "t.flaky", {"path": str(tmp_path / "tries"), "fail_times": 2})
+    wait_for(lambda: queue.get_task(conn, task.id).state == "successful", what="flaky to succeed")
+    final = queue.get_task(conn, task.id)
+    attempts = queue.attempts(conn, task.id)
+    assert final.attempts == 3
+    assert [(a["attempt"], a["state"], a["reason"]) for a in attempts] == [
+        (1, "running", "Retrying"), (2, "running", "Retrying"), (3, "successful", "Succeeded")]
+    assert "boom 1" in attempts[0]["error"] and "boom 2" in attempts[1]["log"]
+    assert "attempt 3" in attempts[2]["log"] and "boom" not in attempts[2]["log"]
+
+
+def test_retries_exhausted_end_in_error(conn: db.Conn, tmp_path: Path,
+                                        start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker()
+    task = queue.enqueue(conn, "t.flaky", {"path": str(tmp_path / "tries"), "fail_times": 99}, max_retries=1)
+    wait_for(lambda: queue.get_task(conn, task.id).state == "error", what="flaky to fail")
+    final = queue.get_task(conn, task.id)
+    assert (final.attempts, final.reason) == (2, "Failed") and "boom 2" in (final.error or "")
+
+
+def test_self_reported_warning_and_error_are_not_retried(conn: db.Conn,
+                                                        start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker()
+    warned = queue.enqueue(conn, "t.warn", {})
+    failed = queue.enqueue(conn, "t.fail", {})
+    wait_for(lambda: states(conn) == {"warning": 1, "error": 1}, what="both finished")
+    w, f = queue.get_task(conn, warned.id), queue.get_task(conn, failed.id)
+    assert (w.attempts, w.reason, w.error) == (1, "SucceededWithWarnings", "disk almost full")
+    assert (f.attempts, f.reason, f.error) == (1, "Failed", "bad input, do not retry")
+
+
+def test_time_limit_stops_busy_loop_and_sleep(conn: db.Conn, tmp_path: Path,
+                                              start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker(threads=2)
+    busy = queue.enqueue(conn, "t.busy", {"path": str(tmp_path / "busy")})
+    slept = queue.enqueue(conn, "t.sleep", {"path": str(tmp_path / "sleep")})
+    wait_for(lambda: states(conn) == {"error": 2}, timeout=15, what="both timed out")
+    for task_id in (busy.id, slept.id):
+        task = queue.get_task(conn, task_id)
+        assert (task.reason, task.attempts) == ("TimedOut", 1)
+        assert task.duration is not None and 0.9 < task.duration < 5
+    assert (tmp_path / "sleep").read_text().split() == ["start"]  # never woke up to finish
+    # The threads are free again: new tasks still run.
+    after = queue.enqueue(conn, "t.noop", {})
+    wait_for(lambda: queue.get_task(conn, after.id).state == "successful", what="worker still healthy")
+
+
+def test_time_limit_enforced_on_blocking_c_call(conn: db.Conn, tmp_path: Path,
+                                                start_worker: Callable[..., WorkerProcess]) -> None:
+    worker = start_worker(threads=1)
+    blocked = queue.enqueue(conn, "t.block", {"path": str(tmp_path / "block")})
+    wait_for(lambda: queue.get_task(conn, blocked.id).state == "error", timeout=10, what="blocked task failed")
+    assert queue.get_task(conn, blocked.id).reason == "TimedOut"
+    after = queue.enqueue(conn, "t.noop", {})
+    wait_for(lambda: queue.get_task(conn, after.id).state == "successful", timeout=10,
+             what="a replacement thread to run the next task")
+    assert "abandoning thread" in worker.output()
+
+
+def test_worker_killed_mid_task_is_recovered_and_retried(conn: db.Conn, tmp_path: Path,
+                                                         start_worker: Callable[..., WorkerProcess]) -> None:
+    marks, release = tmp_path / "marks", tmp_path / "release"
+    victim = start_worker()
+    task = queue.enqueue(conn, "t.wait_file", {"path": str(marks), "release": str(release)})
+    wait_for(lambda: marks.exists() and "start" in marks.read_text(), what="task started")
+    victim.kill()
+    release.touch()
+    start_worker()
+    wait_for(lambda: queue.get_task(conn, task.id).state == "successful", timeout=30, what="recovered")
+    final = queue.get_task(conn, task.id)
+    attempts = queue.attempts(conn, task.id)
+    assert final.attempts == 2
+    assert (attempts[0]["attempt"], attempts[0]["reason"]) == (1, "WorkerLost")
+    assert marks.read_text().split() == ["start", "start", "done"]
+
+
+def test_cancel_stops_running_task(conn: db.Conn, tmp_path: Path,
+                                   start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker()
+    marks = tmp_path / "marks"
+    task = queue.enqueue(conn, "t.wait_file", {"path": str(marks), "release": str(tmp_path / "never")})
+    wait_for(lambda: marks.exists(), what="task started")
+    assert queue.cancel_task(conn, task.id) is not None
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory'"
+                                  " AND classid=7011").fetchone() == {"n": 0}, what="lock released")
+    assert queue.get_task(conn, task.id).state == "cancelled"
+    # Something that must not happen cannot be awaited: give a wrongly surviving thread a moment to write.
+    time.sleep(0.1)
+    assert marks.read_text().split() == ["start"]
+
+
+def test_locks_held_never_exceed_concurrency(conn: db.Conn, tmp_path: Path,
+                                             start_worker: Callable[..., WorkerProcess]) -> None:
+    # More tasks than max_locks_per_transaction (64 in the test server): a worker holds at most its
+    # concurrency in advisory locks and releases each one.
+    queue.enqueue_many(conn, "t.noop", [{}] * 3000)
+    start_worker(threads=4)
+    peak = 0
+
+    def done() -> bool:
+        nonlocal peak
+        held = conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory' AND classid=7011"
+                            ).fetchone()["n"]  # type: ignore[index]
+        peak = max(peak, held)
+        return states(conn) == {"successful": 3000}
+
+    wait_for(done, timeout=60, interval=0.005, what="all done")
+    assert 0 < peak <= 4
+    assert conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory'").fetchone() == {"n": 0}

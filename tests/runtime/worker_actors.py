@@ -1,0 +1,82 @@
+"""Actors the runtime tests run in real worker processes (imported via KUBETASKS_WORKER__MODULES)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from kubetasks.worker import context
+from kubetasks.worker.registry import actor
+
+log = logging.getLogger("worker_actors")
+
+
+def _mark(path: str, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+@actor(name="t.noop")
+def noop(**_: object) -> None:
+    return None
+
+
+@actor(name="t.record")
+def record(path: str, value: str) -> dict[str, str]:
+    """Appends to a file so a test can count executions."""
+    _mark(path, value)
+    return {"value": value}
+
+
+@actor(name="t.flaky", max_retries=3)
+def flaky(path: str, fail_times: int) -> str:
+    """Fails `fail_times` times, then succeeds."""
+    _mark(path, "try")
+    tries = len(Path(path).read_text().splitlines())
+    log.info("attempt %d", tries)
+    if tries <= fail_times:
+        raise ValueError(f"boom {tries}")
+    return "ok"
+
+
+@actor(name="t.warn")
+def warn() -> None:
+    context.current().warning("disk almost full")
+
+
+@actor(name="t.fail")
+def fail() -> None:
+    raise context.TaskError("bad input, do not retry")
+
+
+@actor(name="t.busy", time_limit=1)
+def busy(path: str) -> None:
+    _mark(path, "start")
+    while True:
+        pass
+
+
+@actor(name="t.sleep", time_limit=1)
+def sleep(path: str, seconds: float = 3600) -> None:
+    _mark(path, "start")
+    time.sleep(seconds)
+    _mark(path, "woke")
+
+
+@actor(name="t.block", time_limit=1)
+def block(path: str) -> None:
+    """Blocks in a C call that no interrupt can stop (os.read on a pipe nobody writes to)."""
+    _mark(path, "start")
+    r, _w = os.pipe()
+    os.read(r, 1)
+
+
+@actor(name="t.wait_file")
+def wait_file(path: str, release: str) -> None:
+    """Runs until the test creates `release` (so the test can kill the worker mid-task)."""
+    _mark(path, "start")
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    _mark(path, "done")

@@ -1,0 +1,55 @@
+"""Real worker processes for tests: `python -m kubetasks.worker.runner`-style subprocesses
+running the actors of `worker_actors.py` against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+WORKER_CMD = [sys.executable, "-c",
+              "import sys; from kubetasks.worker import runner, settings;"
+              " sys.exit(runner.run(settings.get_settings()))"]
+
+
+class WorkerProcess:
+    def __init__(self, dsn: str, log_path: Path, **overrides: object) -> None:
+        env = {**os.environ, "PYTHONPATH": str(HERE), "KUBETASKS_DATABASE__URL": dsn,
+               "KUBETASKS_WORKER__MODULES": json.dumps(["worker_actors"]),
+               "KUBETASKS_WORKER__METRICS_PORT": "0",
+               "KUBETASKS_WORKER__CONSUMER_LISTEN_TIMEOUT": "1",
+               "KUBETASKS_WORKER__RETRY_BACKOFF_BASE": "0.05",
+               "KUBETASKS_WORKER__RESCUE_INTERVAL": "1"}
+        for key, value in overrides.items():
+            env[f"KUBETASKS_WORKER__{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(WORKER_CMD, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+

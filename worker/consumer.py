@@ -1,0 +1,293 @@
+"""The consumer loop of one worker process: LISTEN, claim, hand to threads, record outcomes.
+
+One asyncio loop and two connections: `listen` only waits for notifications; `work` claims batches
+(one statement per wake-up, not one per thread), records outcomes in batches and holds the attempts'
+advisory locks. The loop scans on start-up, on every notification for its queues, and whenever
+`consumer_listen_timeout` passes without one (tasks whose notification was missed, retries now due,
+future-dated tasks). On a lost connection it reconnects with backoff, takes back the locks of the
+attempts still running, and then writes their outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from kubetasks.worker import metrics, policies, queries
+from kubetasks.worker.context import Cancelled, WorkerShutdown
+from kubetasks.worker.executor import Executor, Job
+from kubetasks.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FLUSH_BATCH = 1000
+AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+class Health:
+    """What /healthz and /readyz report: the loop is turning, and the database answers."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.heartbeat = time.monotonic()
+        self.reason = "starting"
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def alive(self, max_age: float) -> bool:
+        return time.monotonic() - self.heartbeat < max_age
+
+
+class Consumer:
+    def __init__(self, settings: Settings, health: Health | None = None, name: str | None = None) -> None:
+        self.settings = settings
+        self.health = health or Health()
+        self.name = name or worker_id()
+        worker = settings.worker
+        self.queues = list(dict.fromkeys(worker.queues))
+        self.capacity = worker.threads + worker.prefetch
+        self.listen_timeout = worker.consumer_listen_timeout.total_seconds()
+        self.executor = Executor(worker.threads, self._on_outcome,
+                                 backoff_base=worker.retry_backoff_base.total_seconds(),
+                                 backoff_max=worker.retry_backoff_max.total_seconds(),
+                                 abandoned_limit=worker.abandoned_threads_limit)
+        self.outcomes: collections.deque[tuple[Job, policies.Outcome]] = collections.deque()
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.outcome_ready = asyncio.Event()
+        self._signalled = False
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.work: AsyncConn | None = None
+        self.listen: AsyncConn | None = None
+        self.claimed_total = 0
+
+    # -- called from task threads -------------------------------------------------------------------
+    def _on_outcome(self, job: Job, outcome: policies.Outcome) -> None:
+        self.outcomes.append((job, outcome))
+        if not self._signalled and self._loop is not None:
+            self._signalled = True
+            self._loop.call_soon_threadsafe(self.outcome_ready.set)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> int:
+        """Consume until stop(); returns the process exit code (75: restart me)."""
+        self._loop = asyncio.get_running_loop()
+        self.executor.start()
+        backoff = 0.1
+        max_backoff = self.settings.database.reconnect_max_backoff
+        try:
+            while not self.stopping.is_set():
+                try:
+                    await self._connect()
+                    backoff = 0.1
+                    await self._serve()
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    self.health.ready = False
+                    self.health.reason = f"database unavailable: {exc}".strip()
+                    log.warning("worker %s lost the database (%s); reconnecting in %.1fs",
+                                self.name, str(exc).strip() or type(exc).__name__, backoff)
+                    await self._close()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), backoff)
+                    backoff = min(max_backoff, backoff * 2)
+            await self._drain()
+        finally:
+            await self._close()
+            self.executor.stop(timeout=1.0)
+        return 75 if self.executor.needs_restart else 0
+
+    async def _connect(self) -> None:
+        db = self.settings.database
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
+                                  "connect_timeout": max(1, int(db.connect_timeout)),
+                                  "application_name": f"kubetasks-worker {self.name}"}
+        self.work = await psycopg.AsyncConnection.connect(db.url, **kwargs)
+        self.listen = await psycopg.AsyncConnection.connect(db.url, **kwargs)
+        await self.listen.execute("LISTEN kubetasks")
+        await self.listen.execute("LISTEN kubetasks_cancel")
+        await self._relock()
+        self.health.ready = True
+        self.health.reason = "ok"
+        self.wake.set()  # scan first: tasks may have been enqueued while nobody listened
+
+    async def _close(self) -> None:
+        for conn in (self.listen, self.work):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self.listen = self.work = None
+
+    async def _relock(self) -> None:
+        """Take back the locks of attempts that outlived a lost connection; give up the ones now owned elsewhere."""
+        pending = {job.task_id for job, _ in self.outcomes} | set(self.executor.inflight)
+        if not pending or self.work is None:
+            return
+        rows = await (await self.work.execute(queries.get("lock_again"),
+                                              {"ids": sorted(pending), "worker": self.name})).fetchall()
+        kept = {row["id"] for row in rows}
+        lost = pending - kept
+        if lost:
+            log.warning("attempts %s were taken over while the database was away; their outcomes are dropped",
+                        sorted(lost))
+            self.outcomes = collections.deque((j, o) for j, o in self.outcomes if j.task_id not in lost)
+            for task_id in lost:
+                self.executor.interrupt(task_id, Cancelled)
+            # interrupt() queued outcomes for them; they match no row of ours, which is what we want.
+
+    # -- the loop -----------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        assert self.listen is not None
+        listener = asyncio.create_task(self._listen(self.listen))
+        try:
+            while not self.stopping.is_set():
+                self.health.beat()
+                if listener.done():
+                    listener.result()  # re-raise what ended it
+                if self.outcomes:
+                    await self._flush()
+                if self.executor.needs_restart:
+                    log.error("%d task threads are stuck past their time limit; restarting this process",
+                              len(self.executor.abandoned))
+                    self.stopping.set()
+                    break
+                free = self.capacity - len(self.executor.inflight)
+                if free > 0 and self.wake.is_set():
+                    self.wake.clear()
+                    if await self._claim(free) >= free:
+                        self.wake.set()  # a full batch: more may be waiting
+                        continue
+                await self._wait(listener)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                await listener
+
+    async def _wait(self, listener: asyncio.Task[None]) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.wake, self.outcome_ready, self.stopping)]
+        try:
+            done, _ = await asyncio.wait([*waits, listener], timeout=self.listen_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if not done:
+            self.wake.set()  # nothing announced for a while: scan anyway
+
+    async def _listen(self, conn: AsyncConn) -> None:
+        async for note in conn.notifies():
+            if note.channel == "kubetasks":
+                if note.payload.partition(":")[0] in self.queues:
+                    self.wake.set()
+            elif (note.channel == "kubetasks_cancel" and note.payload.isdigit()
+                  and self.executor.interrupt(int(note.payload), Cancelled) is not None):
+                log.info("task %s cancelled while running", note.payload)
+
+    async def _claim(self, free: int) -> int:
+        assert self.work is not None
+        claimed = 0
+        for queue in self.queues:
+            if claimed >= free:
+                break
+            cur = await self.work.execute(queries.get("task_claim"),
+                                          {"queue": queue, "limit": free - claimed, "worker": self.name})
+            rows = await cur.fetchall()
+            loop = asyncio.get_running_loop()
+            for row in rows:
+                job = Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
+                          row["time_limit"], row["attempt_started_at"])
+                self._timers[job.task_id] = loop.call_later(job.time_limit, self._expire, job)
+                self.executor.submit(job)
+                metrics.IN_PROGRESS.labels(job.actor).inc()
+            claimed += len(rows)
+        self.claimed_total += claimed
+        return claimed
+
+    def _expire(self, job: Job) -> None:
+        self._timers.pop(job.task_id, None)
+        if self.executor.expire(job.task_id) is not None:
+            log.warning("task %s (%s) exceeded its time limit of %gs", job.task_id, job.actor, job.time_limit)
+            asyncio.get_running_loop().call_later(self.executor.abandon_grace, self.executor.check_stuck, job)
+
+    async def _flush(self) -> None:
+        """Write the outcomes gathered so far: one UPDATE (+ unlock) per batch, attempt rows only when useful."""
+        assert self.work is not None
+        self._signalled = False
+        self.outcome_ready.clear()
+        while self.outcomes:
+            batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
+            try:
+                await self._write(batch)
+            except BaseException:
+                self.outcomes.extendleft(reversed(batch))  # written after reconnecting
+                raise
+            for job, outcome in batch:
+                timer = self._timers.pop(job.task_id, None)
+                if timer is not None:
+                    timer.cancel()
+                metrics.record_outcome(job.actor, outcome)
+
+    async def _write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:
+        assert self.work is not None
+        outcomes = [o for _, o in batch]
+        async with self.work.transaction():
+            recorded = [o for o in outcomes if o.worth_recording]
+            if recorded:
+                await self.work.execute(queries.get("attempt_insert_many"), {
+                    "ids": [o.task_id for o in recorded], "attempts": [o.attempt for o in recorded],
+                    "states": [o.state for o in recorded], "reasons": [o.reason for o in recorded],
+                    "worker": [self.name] * len(recorded), "started": [o.started_at for o in recorded],
+                    "errors": [o.error for o in recorded], "logs": [o.log for o in recorded]})
+            await self.work.execute(queries.get("task_finish_many"), {
+                "ids": [o.task_id for o in outcomes], "states": [o.state for o in outcomes],
+                "reasons": [o.reason for o in outcomes],
+                "results": [o.result for o in outcomes],
+                "errors": [o.error for o in outcomes], "etas": [o.eta for o in outcomes],
+                "worker": self.name})
+
+    async def _drain(self, timeout: float = 25.0) -> None:
+        """On shutdown: stop claiming, let attempts in flight finish (within `timeout`), record everything.
+        Attempts still running then go back to the queue (WorkerShutdown) instead of waiting for a rescuer."""
+        deadline = time.monotonic() + timeout
+        while self.executor.inflight and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.outcome_ready.wait(), 0.1)
+            await self._flush_quietly()
+        for task_id in list(self.executor.inflight):
+            self.executor.interrupt(task_id, WorkerShutdown)
+        await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        if not self.outcomes:
+            self._signalled = False
+            self.outcome_ready.clear()
+            return
+        try:
+            if self.work is None:
+                await self._connect()
+            await self._flush()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("could not record %d outcomes at shutdown (%s); the rescuer will retry them",
+                        len(self.outcomes), exc)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,177 @@
+"""What a running task can see and say: its context, its log, and how it reports warnings and errors.
+
+Each attempt's log is captured per thread (logging records and `print`), so concurrent tasks in one
+process never mix logs. `time.sleep` is made cancellable inside task threads, so a task sleeping past
+its time limit (or cancelled) stops at once instead of when the sleep ends.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+LOG_LIMIT = 64 * 1024  # characters kept per attempt; the tail wins
+
+
+class TaskError(Exception):
+    """Raise to end the task in `error` without retrying it."""
+
+
+class TaskWarning(Exception):
+    """Raise to end the task in `warning` without retrying it."""
+
+
+class Interrupted(BaseException):
+    """Raised inside a task thread to stop it."""
+
+
+class TimeLimitExceeded(Interrupted):
+    pass
+
+
+class Cancelled(Interrupted):
+    pass
+
+
+class WorkerShutdown(Interrupted):
+    """The worker is stopping before the attempt finished: the task goes back to the queue."""
+
+
+@dataclass
+class TaskContext:
+    task_id: int
+    actor: str
+    attempt: int
+    max_retries: int
+    time_limit: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: type[Interrupted] = TimeLimitExceeded
+    reported: str | None = None  # 'warning' or 'error' when the task said so itself
+    messages: list[str] = field(default_factory=list)
+    _log: list[str] = field(default_factory=list)
+    _log_size: int = 0
+
+    def log(self, message: str) -> None:
+        """Append a line to this attempt's log."""
+        self._log.append(message)
+        self._log_size += len(message) + 1
+        while self._log_size > LOG_LIMIT and len(self._log) > 1:
+            self._log_size -= len(self._log.pop(0)) + 1
+
+    def warning(self, message: str) -> None:
+        """Finish as `warning` (not retried) once the task returns."""
+        self.log(f"WARNING {message}")
+        self.messages.append(message)
+        if self.reported != "error":
+            self.reported = "warning"
+
+    def error(self, message: str) -> None:
+        """Finish as `error` (not retried) once the task returns."""
+        self.log(f"ERROR {message}")
+        self.messages.append(message)
+        self.reported = "error"
+
+    @property
+    def log_text(self) -> str:
+        return "\n".join(self._log)
+
+    def interrupt(self, reason: type[Interrupted]) -> None:
+        self.stop_reason = reason
+        self.stop.set()
+
+
+_local = threading.local()
+
+
+def current() -> TaskContext:
+    """The context of the task running in this thread."""
+    ctx: TaskContext | None = getattr(_local, "ctx", None)
+    if ctx is None:
+        raise RuntimeError("kubetasks.worker.context.current() called outside a task")
+    return ctx
+
+
+def current_or_none() -> TaskContext | None:
+    return getattr(_local, "ctx", None)
+
+
+def bind(ctx: TaskContext | None) -> None:
+    _local.ctx = ctx
+
+
+class _TaskLogHandler(logging.Handler):
+    """Copies log records emitted inside a task into that attempt's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current_or_none()
+        if ctx is not None:
+            try:
+                ctx.log(self.format(record))
+            except Exception:  # logging must never break a task
+                self.handleError(record)
+
+
+class _TaskStream(io.TextIOBase):
+    """Stands in for sys.stdout/stderr: inside a task, lines go to its log; elsewhere, to the real stream."""
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self._partial = threading.local()
+
+    def write(self, text: str) -> int:
+        ctx = current_or_none()
+        if ctx is None:
+            return self.real.write(text)
+        buffered: str = getattr(self._partial, "text", "") + text
+        *lines, rest = buffered.split("\n")
+        for line in lines:
+            ctx.log(line)
+        self._partial.text = rest
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def isatty(self) -> bool:
+        return self.real.isatty()
+
+
+_real_sleep = time.sleep
+_installed = False
+
+
+def _cancellable_sleep(seconds: float) -> None:
+    ctx = current_or_none()
+    if ctx is None:
+        _real_sleep(seconds)
+        return
+    if ctx.stop.wait(max(0.0, seconds)):
+        raise ctx.stop_reason()
+
+
+def install() -> None:
+    """Route task logs to their attempt and make `time.sleep` cancellable in task threads (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    handler = _TaskLogHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
+        logging.getLogger().setLevel(logging.INFO)
+    sys.stdout = _TaskStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _TaskStream(sys.stderr)  # type: ignore[assignment]
+    time.sleep = _cancellable_sleep
+
+
+def jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | list | dict)

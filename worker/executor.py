@@ -1,0 +1,206 @@
+"""Runs claimed tasks on a fixed set of threads and enforces their time limits.
+
+Threads cannot be killed, so a task past its deadline is stopped in three steps: its outcome is
+recorded as TimedOut at once (the task is failed on time whatever the thread does); the thread gets an
+asynchronous `TimeLimitExceeded` (stops pure-Python code at the next bytecode) and its cancellable
+`time.sleep` wakes up; and a thread still stuck in a C call after a grace period is abandoned and
+replaced, so the worker keeps its concurrency. Too many abandoned threads and the process asks to be
+restarted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubetasks.worker import context, policies, registry
+from kubetasks.worker.context import Interrupted, TaskContext, TimeLimitExceeded
+from kubetasks.worker.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+
+def _raise_in(thread_id: int, exc_type: type[BaseException]) -> None:
+    _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+
+def _clear_in(thread_id: int) -> None:
+    _set_async_exc(ctypes.c_ulong(thread_id), ctypes.c_void_p(None))  # NULL clears a pending exception
+
+
+@dataclass
+class Job:
+    task_id: int
+    actor: str
+    args: Any
+    attempt: int
+    max_retries: int
+    time_limit: float
+    started_at: datetime
+    ctx: TaskContext = field(init=False)
+    done: bool = False  # an outcome was handed over; later ones are dropped
+    thread: TaskThread | None = None
+
+    def __post_init__(self) -> None:
+        self.ctx = TaskContext(self.task_id, self.actor, self.attempt, self.max_retries, self.time_limit)
+
+
+OutcomeSink = Callable[[Job, policies.Outcome], None]
+
+
+class TaskThread(threading.Thread):
+    def __init__(self, pool: Executor, index: int) -> None:
+        super().__init__(name=f"kubetasks-task-{index}", daemon=True)
+        self.pool = pool
+        self.current: Job | None = None
+        self.retired = False  # abandoned while stuck: exit after the stuck call returns
+
+    def run(self) -> None:
+        pool = self.pool
+        while not self.retired:
+            try:
+                job = pool.jobs.get()
+                if job is None:
+                    return
+                pool.execute(self, job)
+            except Interrupted:
+                continue  # a late interrupt that arrived after its task was done: nothing to stop
+
+
+class Executor:
+    def __init__(self, threads: int, sink: OutcomeSink, *, backoff_base: float, backoff_max: float,
+                 abandon_grace: float = 2.0, abandoned_limit: int = 8) -> None:
+        self.size = threads
+        self.sink = sink
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.abandon_grace = abandon_grace
+        self.abandoned_limit = abandoned_limit
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.inflight: dict[int, Job] = {}
+        self.threads: list[TaskThread] = []
+        self.abandoned: set[TaskThread] = set()
+        self.rng = random.Random()
+        self._count = 0
+
+    @property
+    def needs_restart(self) -> bool:
+        return len(self.abandoned) >= self.abandoned_limit
+
+    def start(self) -> None:
+        context.install()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._count += 1
+        thread = TaskThread(self, self._count)
+        self.threads.append(thread)
+        thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self.inflight[job.task_id] = job
+        self.jobs.put(job)
+
+    def execute(self, thread: TaskThread, job: Job) -> None:
+        with self.lock:
+            if job.done:  # finalised (cancelled, timed out) before it started
+                return
+            thread.current = job
+            job.thread = thread
+        context.bind(job.ctx)
+        returned: Any = None
+        raised: BaseException | None = None
+        try:
+            if job.ctx.stop.is_set():
+                raise job.ctx.stop_reason()
+            actor = registry.get(job.actor)
+            returned = actor.fn(**job.args) if isinstance(job.args, dict) else actor.fn(*job.args)
+        except InvalidInput as exc:  # unknown actor here: retrying on this worker would fail the same way
+            raised = context.TaskError(str(exc))
+        except BaseException as exc:
+            raised = exc
+        finally:
+            context.bind(None)
+            self._detach(thread)
+        if raised is not None and isinstance(raised, KeyboardInterrupt | SystemExit):
+            raised = RuntimeError(f"task raised {type(raised).__name__}")
+        outcome = policies.decide(job.ctx, returned=returned, raised=raised, now=datetime.now(UTC),
+                                  backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                                  started_at=job.started_at, rng=self.rng)
+        self._finish(job, outcome)
+        with self.lock:
+            if thread in self.abandoned:
+                self.abandoned.discard(thread)
+                thread.retired = True
+
+    def _detach(self, thread: TaskThread) -> None:
+        # An interrupt injected a moment too late must not hit the next task: clear it under the lock
+        # that interrupt() injects under, and start over if it lands while we do.
+        while True:
+            try:
+                with self.lock:
+                    thread.current = None
+                    _clear_in(thread.ident or 0)
+                return
+            except Interrupted:
+                continue
+
+    def _finish(self, job: Job, outcome: policies.Outcome) -> bool:
+        with self.lock:
+            if job.done:
+                return False
+            job.done = True
+            self.inflight.pop(job.task_id, None)
+        self.sink(job, outcome)
+        return True
+
+    def interrupt(self, task_id: int, reason: type[Interrupted]) -> Job | None:
+        """Stop a task now (time limit or cancel): record its outcome and interrupt its thread."""
+        with self.lock:
+            job = self.inflight.get(task_id)
+            if job is None or job.done:
+                return None
+            job.ctx.interrupt(reason)
+            thread = job.thread if job.thread is not None and job.thread.current is job else None
+            if thread is not None and thread.ident is not None:
+                _raise_in(thread.ident, reason)
+        outcome = policies.decide(job.ctx, raised=reason(), now=datetime.now(UTC),
+                                  backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                                  started_at=job.started_at)
+        self._finish(job, outcome)
+        return job
+
+    def check_stuck(self, job: Job) -> None:
+        """After the grace period: a thread still inside the interrupted task is abandoned and replaced."""
+        with self.lock:
+            thread = job.thread
+            if thread is None or thread.current is not job or thread in self.abandoned:
+                return
+            self.abandoned.add(thread)
+            self.threads.remove(thread)
+        log.warning("task %s ignores its interrupt (blocked in a C call?); abandoning thread %s",
+                    job.task_id, thread.name)
+        self._spawn()
+
+    def expire(self, task_id: int) -> Job | None:
+        return self.interrupt(task_id, TimeLimitExceeded)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+        for thread in list(self.threads):
+            remaining = (deadline - datetime.now(UTC)).total_seconds()
+            thread.join(max(0.0, remaining))

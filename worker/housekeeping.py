@@ -1,0 +1,113 @@
+"""Maintenance on timers, in every worker process, whether the worker is busy or idle:
+rescue attempts whose worker died, purge expired tasks in batches, fire due schedules.
+
+Each job is safe to run from many processes at once (SKIP LOCKED, advisory locks, compare-and-set),
+so no leader election is needed. It runs on its own thread and connection so a slow purge never
+delays claiming.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from kubetasks.worker import db, queries, queue
+from kubetasks.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def rescue(conn: db.Conn, settings: Settings, limit: int = 500, grace: float = 0.0) -> list[dict[str, object]]:
+    """Retry (or fail, once out of retries) attempts whose worker no longer holds their advisory lock."""
+    worker = settings.worker
+    with conn.transaction():
+        rows = list(conn.execute(queries.get("task_rescue"), {
+            "limit": limit, "grace": grace, "backoff_base": worker.retry_backoff_base.total_seconds(),
+            "backoff_max": worker.retry_backoff_max.total_seconds()}))
+    for row in rows:
+        log.warning("task %s: worker lost during attempt %s; now %s", row["id"], row["attempts"], row["state"])
+    return rows
+
+
+def purge(conn: db.Conn, settings: Settings) -> int:
+    worker = settings.worker
+    return queue.purge(conn, worker.task_expiration.total_seconds(), worker.task_purge_batch)
+
+
+def fire_schedules(conn: db.Conn, settings: Settings) -> int:
+    from kubetasks.worker import scheduler
+
+    return len(scheduler.fire_due(conn, settings))
+
+
+@dataclass
+class Job:
+    name: str
+    interval: float
+    run: Callable[[db.Conn, Settings], object]
+    next_at: float = 0.0
+
+
+class Housekeeper(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="kubetasks-housekeeping", daemon=True)
+        self.settings = settings
+        self.stopping = threading.Event()
+        worker = settings.worker
+        start = time.monotonic()
+        self.jobs = [
+            # First rescue only after one interval: workers reconnecting after a database restart get
+            # time to take their locks back before anyone calls their attempts lost.
+            Job("rescue", worker.rescue_interval.total_seconds(), rescue,
+                start + worker.rescue_interval.total_seconds()),
+            Job("purge", worker.task_purge_interval.total_seconds(), purge, start),
+            Job("scheduler", worker.scheduler_interval.total_seconds(), fire_schedules, start),
+        ]
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        conn: db.Conn | None = None
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.settings.database.url,
+                                      connect_timeout=self.settings.database.connect_timeout,
+                                      application_name="kubetasks-housekeeping")
+                    for job in self.jobs:  # after a reconnection, rescue waits a full interval again
+                        if job.name == "rescue":
+                            job.next_at = time.monotonic() + job.interval
+                backoff = 0.5
+                now = time.monotonic()
+                for job in self.jobs:
+                    if now >= job.next_at and not self.stopping.is_set():
+                        job.next_at = now + job.interval
+                        self._run_job(job, conn)
+                wait = min(job.next_at for job in self.jobs) - time.monotonic()
+                self.stopping.wait(max(0.05, wait))
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("housekeeping lost the database (%s); retrying in %.1fs", exc, backoff)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopping.wait(backoff)
+                backoff = min(self.settings.database.reconnect_max_backoff, backoff * 2)
+        if conn is not None:
+            conn.close()
+
+    def _run_job(self, job: Job, conn: db.Conn) -> None:
+        try:
+            result = job.run(conn, self.settings)
+            if result:
+                log.info("housekeeping %s: %s", job.name, result if isinstance(result, int) else len(result))
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except Exception:
+            log.exception("housekeeping %s failed", job.name)

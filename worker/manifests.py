@@ -1,0 +1,386 @@
+"""The `Schedule` manifest: pydantic models that are the single source of truth of its shape.
+
+The same models validate YAML files for `kubetasks apply`, parse Schedule custom resources in the operator,
+and generate the CRD's OpenAPI schema (hence a `description` on every field). Errors are turned into
+`InvalidInput` naming the file, the document index and the field path in the manifest's own camelCase
+spelling, e.g. `examples/x.yaml[0] spec.schedule: invalid cron '* *' (use 5 fields …)`.
+
+Validation here is pure (no database, no actor registry): whether the actor exists is checked where the
+schedule is stored, because only a process that imported the actor modules can know.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from kubetasks.worker import registry
+from kubetasks.worker.errors import InvalidInput
+
+GROUP = "kubetasks.dev"
+VERSION = "v1alpha1"
+API_VERSION: Final = "kubetasks.dev/v1alpha1"  # GROUP/VERSION, spelled out so its type is a Literal
+KIND: Final = "Schedule"
+PLURAL = "schedules"
+
+# The macros Kubernetes CronJob accepts, plus @midnight; croniter expands them.
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_FIX = ("use 5 fields 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *', "
+            "or one of " + ", ".join(CRON_MACROS) + "; quote it in YAML")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ACTOR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,255}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+def _custom(kind: str, problem: str, fix: str) -> PydanticCustomError:
+    # The fix travels in the error's context so `as_invalid_input` can keep problem and fix apart.
+    return PydanticCustomError(kind, "{problem}", {"problem": problem, "fix": fix})
+
+
+def check_cron(expression: str) -> str:
+    """Return the normalised cron expression or raise a `PydanticCustomError` saying what is wrong."""
+    cron = " ".join(expression.split())
+    if cron.startswith("@"):
+        if cron.lower() not in CRON_MACROS:
+            raise _custom("cron", f"unknown cron macro {expression!r}", CRON_FIX)
+        return cron.lower()
+    fields = cron.split(" ")
+    if len(fields) != 5:
+        hint = "; set spec.timeZone instead of CRON_TZ/TZ" if "TZ=" in cron else ""
+        raise _custom("cron", f"invalid cron {expression!r}: {len(fields)} fields instead of 5",
+                      CRON_FIX + hint)
+    try:
+        croniter(cron).get_next(float)
+    except CroniterBadDateError:
+        raise _custom("cron", f"cron {expression!r} never fires (no such date)",
+                      "check day-of-month against month, e.g. February has no 30th") from None
+    except (CroniterBadCronError, CroniterError, ValueError, KeyError) as exc:
+        raise _custom("cron", f"invalid cron {expression!r}: {exc}", CRON_FIX) from None
+    return cron
+
+
+def check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _custom("time_zone", f"unknown time zone {name!r}",
+                      "use an IANA name such as 'UTC', 'Europe/Berlin' or 'America/New_York'") from None
+    return name
+
+
+class _Model(BaseModel):
+    # Strict: a manifest saying `priority: "5"` or `suspend: "yes"` is a mistake, as Kubernetes would say.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True,
+                              extra="forbid", allow_inf_nan=False)
+
+
+class RetryPolicy(_Model):
+    """How a failed run is retried."""
+
+    limit: int | None = Field(
+        default=None, ge=0, le=1000,
+        description="Retries after a failed attempt; unset uses the actor's setting, then the worker's "
+                    "KUBETASKS_WORKER__TASK_MAX_RETRIES.")
+    backoff_seconds: float | None = Field(
+        default=None, gt=0,
+        description="First retry delay in seconds, doubling each retry; unset uses the worker's "
+                    "KUBETASKS_WORKER__RETRY_BACKOFF_BASE.")
+
+
+class ScheduleSpec(_Model):
+    """What to run and when."""
+
+    actor: str = Field(
+        description="Name of the actor to run, as declared with @actor (e.g. 'kubetasks.http').",
+        json_schema_extra={"pattern": ACTOR_PATTERN, "maxLength": 256})
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments passed to the actor, as a JSON object.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    queue: str = Field(
+        default="default",
+        description="Queue the runs are put on; only workers consuming it run them.",
+        json_schema_extra={"pattern": QUEUE_PATTERN, "maxLength": 128})
+    schedule: str = Field(
+        description="Unix cron expression with 5 fields (minute hour day-of-month month day-of-week) or a "
+                    "macro (@hourly, @daily, @weekly, @monthly, @yearly), evaluated in timeZone.")
+    time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone the schedule is evaluated in, e.g. 'Europe/Berlin'. A time skipped by a "
+                    "daylight-saving change runs at the end of the gap; a wall-clock time repeated when "
+                    "clocks go back runs once (unless the hour field is '*').")
+    suspend: bool = Field(
+        default=False,
+        description="When true no new runs are started; runs already started are not affected.")
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
+        default="Allow",
+        description="What to do when a tick comes while a previous run is queued or running: Allow starts "
+                    "another, Forbid skips the tick, Replace cancels the previous run and starts a new one.")
+    missed_run_policy: Literal["Skip", "RunOnce"] = Field(
+        default="RunOnce",
+        description="What to do with ticks missed while no scheduler ran: Skip drops them, RunOnce starts "
+                    "one run for all of them (if within startingDeadlineSeconds).")
+    starting_deadline_seconds: int | None = Field(
+        default=None, gt=0, le=2_147_483_647,
+        description="A tick not fired within this many seconds of its time is skipped; unset means no "
+                    "deadline for RunOnce, and about a minute of tolerance for Skip.")
+    time_limit_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Seconds one attempt may run before it is stopped; unset uses the actor's or the "
+                    "worker's default.")
+    retries: RetryPolicy = Field(default_factory=lambda: RetryPolicy(),
+                                 description="How a failed run is retried.")
+    deduplicate: bool = Field(
+        default=False,
+        description="When true a tick starts no run while the previous run is still queued or running "
+                    "(a dedup key per schedule); manual triggers obey it too.")
+    priority: int = Field(default=0, ge=-32768, le=32767,
+                          description="Priority of the runs within their queue; higher runs first.")
+    successful_runs_history_limit: int = Field(
+        default=3, ge=0, le=1000,
+        description="Finished successful runs kept; older ones are deleted.")
+    failed_runs_history_limit: int = Field(
+        default=1, ge=0, le=1000,
+        description="Finished failed or cancelled runs kept; older ones are deleted.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("actor")
+    @classmethod
+    def _actor(cls, value: str) -> str:
+        try:
+            return registry.validate_name(value)
+        except InvalidInput as exc:
+            raise _custom("actor", exc.problem, exc.fix) from None
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        try:
+            return registry.validate_queue(value)
+        except InvalidInput as exc:
+            raise _custom("queue", exc.problem, exc.fix) from None
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes object metadata a Schedule uses; the rest (uid, resourceVersion…) is ignored."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", strict=True)
+
+    name: str = Field(description="Schedule name, a DNS subdomain (lowercase letters, digits, '-', '.').")
+    namespace: str = Field(default="default",
+                           description="Namespace; the stored name is '<namespace>/<name>'.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Kubernetes annotations.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.match(value):
+            raise _custom("name", f"{value!r} is not a valid name",
+                          "use up to 253 lowercase letters, digits, '-' and '.', starting and ending "
+                          "with a letter or digit")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise _custom("namespace", f"{value!r} is not a valid namespace",
+                          "use up to 63 lowercase letters, digits and '-', starting and ending "
+                          "with a letter or digit")
+        return value
+
+
+class ScheduleManifest(BaseModel):
+    """A whole `Schedule` document: what `kubetasks apply -f` reads and the operator watches."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=True)
+
+    api_version: Literal["kubetasks.dev/v1alpha1"] = Field(
+        default=API_VERSION, description="API version of this object.")
+    kind: Literal["Schedule"] = Field(default=KIND, description="Always 'Schedule'.")
+    metadata: ObjectMeta = Field(description="Name and namespace of the schedule.")
+    spec: ScheduleSpec = Field(description="What to run and when.")
+
+    @property
+    def row_name(self) -> str:
+        """Key of the schedule's row: '<namespace>/<name>'."""
+        return schedule_name(self.metadata.namespace, self.metadata.name)
+
+
+def schedule_name(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def check_schedule_name(name: str, field: str = "name") -> str:
+    """Refuse a stored schedule name that is not '<namespace>/<name>' in Kubernetes spelling."""
+    namespace, _, short = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not (_DNS_LABEL.match(namespace) and _DNS_SUBDOMAIN.match(short)):
+        raise InvalidInput(field, f"{name!r} is not a schedule name",
+                           "write '<namespace>/<name>' in lowercase letters, digits and '-', "
+                           "e.g. 'default/nightly-report'")
+    return name
+
+
+# Fixes for pydantic's own error types, which carry none.
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "literal_error": "use one of the values listed",
+    "int_type": "give a whole number without quotes",
+    "float_type": "give a number without quotes",
+    "bool_type": "give true or false without quotes",
+    "string_type": "give a string (quote it in YAML)",
+    "dict_type": "give a mapping of keys to values",
+    "model_type": "give a mapping of keys to values",
+    "greater_than": "give a larger value",
+    "greater_than_equal": "give a larger value",
+    "less_than": "give a smaller value",
+    "less_than_equal": "give a smaller value",
+    "finite_number": "give a finite number",
+}
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + to_camel(part))
+    return out
+
+
+def as_invalid_input(exc: ValidationError, where: str = "", prefix: str = "") -> list[InvalidInput]:
+    """One `InvalidInput` per pydantic error, its field named `<where> <prefix>.<camelCasePath>`."""
+    found = []
+    for err in exc.errors():
+        path = _path(err["loc"])
+        field = ".".join(p for p in (prefix, path) if p)
+        if where:
+            field = f"{where} {field}"
+        ctx = err.get("ctx") or {}
+        fix = str(ctx.get("fix") or _FIXES.get(err["type"], ""))
+        problem = str(ctx.get("problem") or err["msg"][0].lower() + err["msg"][1:])
+        if err["type"] == "extra_forbidden":
+            problem = "unknown field"
+        found.append(InvalidInput(field, problem, fix))
+    return found
+
+
+class ManifestError(InvalidInput):
+    """Every problem found in a set of manifests, one per line; `.errors` holds them one by one."""
+
+    def __init__(self, errors: list[InvalidInput]) -> None:
+        super().__init__(errors[0].field, errors[0].problem, errors[0].fix)
+        self.errors = errors
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def parse_spec(data: Mapping[str, Any], where: str = "spec") -> ScheduleSpec:
+    """Validate a spec mapping (a custom resource's `.spec`), raising `InvalidInput` on the first problem."""
+    try:
+        return ScheduleSpec.model_validate(data)
+    except ValidationError as exc:
+        raise as_invalid_input(exc, prefix=where)[0] from None
+
+
+def parse_manifest(document: Any, where: str = "") -> ScheduleManifest:
+    errors = _check_document(document, where)
+    if errors:
+        raise ManifestError(errors)
+    return ScheduleManifest.model_validate(document)
+
+
+def _check_document(document: Any, where: str) -> list[InvalidInput]:
+    if not isinstance(document, dict):
+        return [InvalidInput(where or "document", f"is a {type(document).__name__}, not a mapping",
+                             f"write a Schedule: apiVersion: {API_VERSION}, kind: Schedule, metadata, spec")]
+    kind, version = document.get("kind"), document.get("apiVersion")
+    if kind != KIND or version != API_VERSION:
+        field = "kind" if kind != KIND else "apiVersion"
+        return [InvalidInput(f"{where} {field}".strip(), f"{kind!r} of {version!r} is not supported",
+                             f"only kind: {KIND} with apiVersion: {API_VERSION} can be applied")]
+    try:
+        ScheduleManifest.model_validate(document)
+    except ValidationError as exc:
+        return as_invalid_input(exc, where)
+    return []
+
+
+def manifest_files(path: str | Path) -> list[Path]:
+    """The YAML files named by `path`: the file itself, or a directory's *.yaml and *.yml, sorted."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+        if not files:
+            raise InvalidInput(str(path), "holds no *.yaml or *.yml file",
+                               "point -f at a manifest or a folder of them")
+        return files
+    if not root.is_file():
+        raise InvalidInput(str(path), "does not exist", "check the path given to -f")
+    return [root]
+
+
+def load_manifests(path_or_dir: str | Path | Iterable[str | Path]) -> list[ScheduleManifest]:
+    """Read and validate every Schedule in the given files/directories; all problems are reported at once.
+
+    Raises `ManifestError` (an `InvalidInput`) listing each problem as `file[index] field: problem (fix)`.
+    """
+    paths = [path_or_dir] if isinstance(path_or_dir, str | Path) else list(path_or_dir)
+    files = [file for path in paths for file in manifest_files(path)]
+    errors: list[InvalidInput] = []
+    found: list[ScheduleManifest] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        try:
+            documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+            errors.append(InvalidInput(
+                str(file), f"is not valid YAML: {' '.join(str(exc).split())}",
+                "quote values that start with '*' or '@', e.g. schedule: \"*/5 * * * *\""))
+            continue
+        index = -1
+        for document in documents:
+            if document is None:  # an empty document between '---' separators
+                continue
+            index += 1
+            where = f"{file}[{index}]"
+            problems = _check_document(document, where)
+            if problems:
+                errors.extend(problems)
+                continue
+            manifest = ScheduleManifest.model_validate(document)
+            if manifest.row_name in seen:
+                errors.append(InvalidInput(
+                    f"{where} metadata.name",
+                    f"schedule {manifest.row_name!r} is also defined in {seen[manifest.row_name]}",
+                    "give each Schedule its own name or namespace"))
+                continue
+            seen[manifest.row_name] = where
+            found.append(manifest)
+    if errors:
+        raise ManifestError(errors)
+    if not found:
+        raise InvalidInput(", ".join(map(str, paths)), "holds no Schedule document",
+                           f"add documents with apiVersion: {API_VERSION} and kind: Schedule")
+    return found

@@ -1,0 +1,84 @@
+"""Prometheus metrics. Labels carry actor, queue, state and schedule names only, never task arguments.
+
+Counters and histograms are recorded by the worker processes (in multiprocess mode when a replica runs
+several). Counts that only the database knows (tasks by state, queue depth, last schedule success) are
+read at scrape time by `DatabaseCollector`, cached for a few seconds so scrapes stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kubetasks.worker import db, queue
+
+if TYPE_CHECKING:
+    from kubetasks.worker.policies import Outcome
+
+log = logging.getLogger(__name__)
+
+FINISHED = Counter("kubetasks_tasks_finished", "Attempts finished by this worker, by actor and final state.",
+                   ["actor", "state"])
+RETRIES = Counter("kubetasks_task_retries", "Attempts that ended in a retry, by actor.", ["actor"])
+IN_PROGRESS = Gauge("kubetasks_tasks_in_progress", "Tasks executing now, by actor.", ["actor"],
+                    multiprocess_mode="livesum")
+DURATION = Histogram("kubetasks_task_duration_seconds", "Duration of finished attempts, by actor.", ["actor"],
+                     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600))
+
+
+def record_outcome(actor: str, outcome: Outcome) -> None:
+    IN_PROGRESS.labels(actor).dec()
+    if outcome.state == "running":
+        RETRIES.labels(actor).inc()
+    else:
+        FINISHED.labels(actor, outcome.state).inc()
+    if outcome.started_at is not None:
+        from datetime import UTC, datetime
+
+        DURATION.labels(actor).observe(max(0.0, (datetime.now(UTC) - outcome.started_at).total_seconds()))
+
+
+class DatabaseCollector(Collector):
+    """Task counts by state and actor, queue depth and schedule success times, read from PostgreSQL."""
+
+    def __init__(self, dsn: str, cache_seconds: float = 10.0) -> None:
+        self.dsn = dsn
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._families: list[GaugeMetricFamily] = []
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        tasks = GaugeMetricFamily("kubetasks_tasks", "Tasks in the database, by state and actor.",
+                                  labels=["state", "actor"])
+        depth = GaugeMetricFamily("kubetasks_queue_depth", "Tasks waiting per queue: runnable now, delayed "
+                                  "(future eta or retry backoff) and executing.", labels=["queue", "kind"])
+        last = GaugeMetricFamily("kubetasks_schedule_last_success_timestamp_seconds",
+                                 "When each schedule's last run succeeded.", labels=["schedule"])
+        with db.connect(self.dsn, connect_timeout=2, application_name="kubetasks-metrics") as conn:
+            for row in queue.stats(conn):
+                tasks.add_metric([row["state"], row["actor"]], row["count"])
+            for row in queue.queue_depth(conn):
+                for kind in ("runnable", "delayed", "executing"):
+                    depth.add_metric([row["queue"], kind], row[kind])
+            for row in conn.execute("SELECT name, last_success FROM kubetasks.schedules"
+                                    " WHERE last_success IS NOT NULL"):
+                last.add_metric([row["name"]], row["last_success"].timestamp())
+        return [tasks, depth, last]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._at > self.cache_seconds:
+                try:
+                    self._families = self._read()
+                except Exception as exc:  # a scrape must not fail because the database is away
+                    log.warning("metrics: cannot read the database: %s", exc)
+                self._at = time.monotonic()
+            yield from self._families

@@ -1,0 +1,171 @@
+"""Stored schedules: apply a spec, read, pause, resume, trigger, delete, and look at past runs.
+
+A schedule row is keyed "<namespace>/<name>". Manifests (`kubetasks apply`), the operator (Schedule
+custom resources) and the CLI all go through `apply`, so validation and the next_run rules live here once:
+a new schedule, a changed cron or time zone, or a schedule un-suspended by its spec gets `next_run` = the
+next tick from now; any other change keeps the pending tick. Resuming by hand is different on purpose:
+`resume` starts one run at once (the user asked for the schedule back) and then waits for the next tick.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from kubetasks.worker import manifests, queries, queue, registry, scheduler
+from kubetasks.worker.db import Conn
+from kubetasks.worker.errors import InvalidInput, UnknownActor
+from kubetasks.worker.manifests import ScheduleSpec
+from kubetasks.worker.settings import Settings, get_settings
+
+# Columns compared to tell "configured" from "unchanged" on apply.
+_SPEC_COLUMNS = ("actor", "args", "queue", "cron", "time_zone", "paused", "concurrency_policy",
+                 "missed_run_policy", "starting_deadline_seconds", "time_limit", "max_retries", "retry_backoff",
+                 "priority", "deduplicate", "successful_runs_history_limit", "failed_runs_history_limit", "source")
+
+
+class ScheduleNotFound(InvalidInput, LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__("name", f"schedule {name!r} does not exist",
+                         "list schedules with `kubetasks schedules list`; names are '<namespace>/<name>'")
+
+
+def columns(name: str, spec: ScheduleSpec, source: str) -> dict[str, Any]:
+    """The row a spec becomes (without next_run)."""
+    return {
+        "name": name, "actor": spec.actor, "args": spec.args, "queue": spec.queue, "cron": spec.schedule,
+        "time_zone": spec.time_zone, "paused": spec.suspend, "concurrency_policy": spec.concurrency_policy,
+        "missed_run_policy": spec.missed_run_policy,
+        "starting_deadline_seconds": spec.starting_deadline_seconds, "time_limit": spec.time_limit_seconds,
+        "max_retries": spec.retries.limit, "retry_backoff": spec.retries.backoff_seconds,
+        "priority": spec.priority, "deduplicate": spec.deduplicate,
+        "successful_runs_history_limit": spec.successful_runs_history_limit,
+        "failed_runs_history_limit": spec.failed_runs_history_limit, "source": source,
+    }
+
+
+def spec_of(row: dict[str, Any]) -> ScheduleSpec:
+    """The spec a stored row stands for (what `schedules show` prints and the operator compares)."""
+    return ScheduleSpec(
+        actor=row["actor"], args=row["args"], queue=row["queue"], schedule=row["cron"],
+        time_zone=row["time_zone"], suspend=row["paused"], concurrency_policy=row["concurrency_policy"],
+        missed_run_policy=row["missed_run_policy"], starting_deadline_seconds=row["starting_deadline_seconds"],
+        time_limit_seconds=row["time_limit"],
+        retries=manifests.RetryPolicy(limit=row["max_retries"], backoff_seconds=row["retry_backoff"]),
+        deduplicate=row["deduplicate"], priority=row["priority"],
+        successful_runs_history_limit=row["successful_runs_history_limit"],
+        failed_runs_history_limit=row["failed_runs_history_limit"])
+
+
+def validate(name: str, spec: ScheduleSpec, *, validate_actor: bool = True,
+             settings: Settings | None = None) -> None:
+    """Everything `apply` checks before touching the database (so a batch can be checked up front)."""
+    manifests.check_schedule_name(name)
+    if validate_actor and spec.actor not in registry.names():
+        raise UnknownActor(spec.actor, field="spec.actor", known=registry.names())
+    queue.encode_args(spec.args, (settings or get_settings()).worker.args_max_bytes, field="spec.args")
+
+
+def apply(conn: Conn, name: str, spec: ScheduleSpec, source: str = "manifest", *, validate_actor: bool = True,
+          settings: Settings | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Create or update a schedule; return its row with `action`: created, configured or unchanged."""
+    validate(name, spec, validate_actor=validate_actor, settings=settings)
+    wanted = columns(name, spec, source)
+    with conn.transaction():
+        at = now or scheduler.db_now(conn)
+        old = conn.execute(queries.get("schedule_lock"), {"name": name}).fetchone()
+        if old is not None and all(_same(old[c], wanted[c]) for c in _SPEC_COLUMNS):
+            return {**get(conn, name), "action": "unchanged"}
+        next_run = old["next_run"] if old is not None else None
+        if (next_run is None or old is None or old["cron"] != spec.schedule
+                or old["time_zone"] != spec.time_zone or (old["paused"] and not spec.suspend)):
+            next_run = scheduler.next_tick(spec.schedule, spec.time_zone, at)
+        conn.execute(queries.get("schedule_upsert"), {**wanted, "args": Jsonb(spec.args), "next_run": next_run})
+    return {**get(conn, name), "action": "created" if old is None else "configured"}
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    if isinstance(wanted, dict):
+        return json.dumps(stored, sort_keys=True) == json.dumps(wanted, sort_keys=True)
+    return bool(stored == wanted)
+
+
+def get(conn: Conn, name: str) -> dict[str, Any]:
+    row = conn.execute(queries.get("schedule_get"), {"name": name}).fetchone()
+    if row is None:
+        raise ScheduleNotFound(name)
+    return _public(row)
+
+
+def list_schedules(conn: Conn) -> list[dict[str, Any]]:
+    return [_public(row) for row in conn.execute(queries.get("schedule_list"))]
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    # last_success as users mean it: the newest finished success, whether or not the scheduler noted it yet.
+    out = dict(row)
+    out["last_success"] = out.pop("last_success_at")
+    return out
+
+
+def delete(conn: Conn, name: str, *, missing_ok: bool = False) -> bool:
+    """Remove a schedule (its past runs stay until purged); False when it did not exist and missing_ok."""
+    row = conn.execute(queries.get("schedule_delete"), {"name": name}).fetchone()
+    if row is None and not missing_ok:
+        raise ScheduleNotFound(name)
+    return row is not None
+
+
+def pause(conn: Conn, name: str) -> dict[str, Any]:
+    """Stop starting runs; the pending tick is kept so `get` still shows what was next."""
+    if conn.execute(queries.get("schedule_set_paused"),
+                    {"name": name, "paused": True, "next_run": None}).fetchone() is None:
+        raise ScheduleNotFound(name)
+    return get(conn, name)
+
+
+def resume(conn: Conn, name: str, *, settings: Settings | None = None,
+           now: datetime | None = None) -> dict[str, Any]:
+    """Un-pause: start one run at once, then wait for the next tick from now. Returns the row and `task_id`."""
+    settings = settings or get_settings()
+    with conn.transaction():
+        at = now or scheduler.db_now(conn)
+        row = _lock(conn, name)
+        if not row["paused"]:
+            raise InvalidInput("name", f"schedule {name!r} is not paused",
+                               "use `kubetasks schedules trigger` to start a run now")
+        task = scheduler.enqueue_run(conn, row, settings, tick=None)
+        next_run = scheduler.next_tick(row["cron"], row["time_zone"], at)
+        conn.execute(queries.get("schedule_set_paused"), {"name": name, "paused": False, "next_run": next_run})
+        conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": at})
+    return {**get(conn, name), "task_id": task.id if task else None,
+            "task_created": bool(task and task.created)}
+
+
+def trigger(conn: Conn, name: str, *, settings: Settings | None = None,
+            now: datetime | None = None) -> queue.Task:
+    """Start one run now without moving next_run; works while paused. With `deduplicate`, a live run is
+    returned instead (`created` is False)."""
+    with conn.transaction():
+        row = _lock(conn, name)
+        task = scheduler.enqueue_run(conn, row, settings or get_settings(), tick=None)
+        if task is None:  # only a tick can collide, and a trigger has none
+            raise RuntimeError(f"schedule {name}: trigger enqueued nothing")
+        if task.created:
+            conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": now or scheduler.db_now(conn)})
+    return task
+
+
+def history(conn: Conn, name: str, *, limit: int = 20) -> list[queue.Task]:
+    """The schedule's runs, newest first (also after the schedule itself was deleted)."""
+    return queue.list_tasks(conn, queue.TaskFilter(schedule=name), limit=limit)
+
+
+def _lock(conn: Conn, name: str) -> dict[str, Any]:
+    row = conn.execute(queries.get("schedule_lock"), {"name": name}).fetchone()
+    if row is None:
+        raise ScheduleNotFound(name)
+    return row

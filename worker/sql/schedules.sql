@@ -1,0 +1,92 @@
+-- Queries on kubetasks.schedules, one named block each: "-- name: why".
+-- Times the scheduler decides on are passed in (`now`), so tests control the clock.
+
+-- schedule_get: one schedule, with last_success also taken from its finished runs (the column alone lags).
+SELECT s.*, greatest(s.last_success, ok.finished) AS last_success_at, live.n AS active_runs
+FROM kubetasks.schedules s
+CROSS JOIN LATERAL (
+    SELECT max(t.finished_at) AS finished FROM kubetasks.tasks t
+    WHERE t.schedule_name = s.name AND t.state IN ('successful', 'warning')) AS ok
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM kubetasks.tasks t
+    WHERE t.schedule_name = s.name AND t.state IN ('queued', 'running')) AS live
+WHERE s.name = %(name)s;
+
+-- schedule_list: every schedule by name, with the same derived columns as schedule_get.
+SELECT s.*, greatest(s.last_success, ok.finished) AS last_success_at, live.n AS active_runs
+FROM kubetasks.schedules s
+CROSS JOIN LATERAL (
+    SELECT max(t.finished_at) AS finished FROM kubetasks.tasks t
+    WHERE t.schedule_name = s.name AND t.state IN ('successful', 'warning')) AS ok
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM kubetasks.tasks t
+    WHERE t.schedule_name = s.name AND t.state IN ('queued', 'running')) AS live
+ORDER BY s.name;
+
+-- schedule_lock: the stored row, locked until the end of the transaction (apply, pause, resume, trigger).
+SELECT * FROM kubetasks.schedules WHERE name = %(name)s FOR UPDATE;
+
+-- schedule_upsert: create or replace a schedule's spec; next_run is decided by the caller.
+INSERT INTO kubetasks.schedules AS s (
+    name, actor, args, queue, cron, time_zone, paused, concurrency_policy, missed_run_policy,
+    starting_deadline_seconds, time_limit, max_retries, retry_backoff, priority, deduplicate,
+    successful_runs_history_limit, failed_runs_history_limit, source, next_run)
+VALUES (%(name)s, %(actor)s, %(args)s, %(queue)s, %(cron)s, %(time_zone)s, %(paused)s, %(concurrency_policy)s,
+        %(missed_run_policy)s, %(starting_deadline_seconds)s, %(time_limit)s, %(max_retries)s, %(retry_backoff)s,
+        %(priority)s, %(deduplicate)s, %(successful_runs_history_limit)s, %(failed_runs_history_limit)s,
+        %(source)s, %(next_run)s)
+ON CONFLICT (name) DO UPDATE
+SET actor = EXCLUDED.actor, args = EXCLUDED.args, queue = EXCLUDED.queue, cron = EXCLUDED.cron,
+    time_zone = EXCLUDED.time_zone, paused = EXCLUDED.paused, concurrency_policy = EXCLUDED.concurrency_policy,
+    missed_run_policy = EXCLUDED.missed_run_policy, starting_deadline_seconds = EXCLUDED.starting_deadline_seconds,
+    time_limit = EXCLUDED.time_limit, max_retries = EXCLUDED.max_retries, retry_backoff = EXCLUDED.retry_backoff,
+    priority = EXCLUDED.priority, deduplicate = EXCLUDED.deduplicate,
+    successful_runs_history_limit = EXCLUDED.successful_runs_history_limit,
+    failed_runs_history_limit = EXCLUDED.failed_runs_history_limit, source = EXCLUDED.source,
+    next_run = EXCLUDED.next_run, updated_at = now()
+RETURNING s.name;
+
+-- schedule_delete: remove a schedule; its past runs stay in kubetasks.tasks until purged.
+DELETE FROM kubetasks.schedules WHERE name = %(name)s RETURNING name;
+
+-- schedule_set_paused: pause or resume; resuming also sets the next tick computed by the caller.
+UPDATE kubetasks.schedules
+SET paused = %(paused)s, next_run = coalesce(%(next_run)s, next_run), updated_at = now()
+WHERE name = %(name)s
+RETURNING name;
+
+-- schedule_mark_run: remember when a run was last started by hand (trigger, resume).
+UPDATE kubetasks.schedules SET last_run = %(now)s WHERE name = %(name)s;
+
+-- schedule_lock_due: the most overdue unpaused schedule, locked; SKIP LOCKED keeps concurrent schedulers apart,
+-- and the re-check of next_run after a wait means a tick another scheduler just advanced is not seen as due.
+SELECT * FROM kubetasks.schedules
+WHERE NOT paused AND next_run <= %(now)s AND name <> ALL(%(done)s::text[])
+ORDER BY next_run, name
+LIMIT 1
+;
+
+-- schedule_advance: move next_run on by compare-and-set (no change unless it is still the tick we handled),
+-- and fold the newest success of the schedule's runs into last_success before old runs are pruned.
+UPDATE kubetasks.schedules s
+SET next_run = %(next_run)s, last_run = coalesce(%(last_run)s, s.last_run),
+    last_success = greatest(s.last_success, (
+        SELECT max(t.finished_at) FROM kubetasks.tasks t
+        WHERE t.schedule_name = s.name AND t.state IN ('successful', 'warning')))
+WHERE s.name = %(name)s AND s.next_run = %(expected)s
+RETURNING s.name;
+
+-- schedule_live_runs: runs of a schedule that are queued or running (Forbid and Replace look at them).
+SELECT id FROM kubetasks.tasks
+WHERE schedule_name = %(name)s AND state IN ('queued', 'running')
+ORDER BY id;
+
+-- schedule_prune_history: keep the newest N successful and M failed (or cancelled) finished runs of a schedule.
+WITH ranked AS (
+    SELECT id, state IN ('successful', 'warning') AS ok,
+           row_number() OVER (PARTITION BY state IN ('successful', 'warning') ORDER BY id DESC) AS n
+    FROM kubetasks.tasks
+    WHERE schedule_name = %(name)s AND state NOT IN ('queued', 'running')
+)
+DELETE FROM kubetasks.tasks t USING ranked r
+WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN %(keep_successful)s ELSE %(keep_failed)s END;
