@@ -53,7 +53,7 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    def list_objects(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         found = self.custom.list_namespaced_custom_object(
             resources.GROUP, resources.VERSION, namespace, kind.plural, label_selector=label_selector)
         return cast(list[dict[str, Any]], found.get("items", []))

@@ -168,9 +168,9 @@ def install() -> None:
     logging.getLogger().addHandler(handler)
     if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
         logging.getLogger().setLevel(logging.INFO)
-    sys.stdout = _TaskStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = _TaskStream(sys.stderr)  # type: ignore[assignment]
-    time.sleep = _cancellable_sleep
+    sys.stdout = _TaskStream(sys.stdout)
+    sys.stderr = _TaskStream(sys.stderr)
+    time.sleep = _cancellable_sleep  # type: ignore[assignment]
 
 
 def jsonable(value: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -65,7 +65,7 @@ def migrate(dsn_or_conn: str | Conn) -> list[str]:
                     " applied_at timestamptz NOT NULL DEFAULT now())")
                 if migration.version in applied_versions(conn):
                     continue
-                conn.execute(cast(LiteralString, migration.sql))
+                conn.execute(psycopg.sql.SQL(migration.sql))
                 conn.execute("INSERT INTO kubetasks.schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.version, migration.name))
                 applied.append(migration.name)

@@ -105,8 +105,9 @@ class Housekeeper(threading.Thread):
     def _run_job(self, job: Job, conn: db.Conn) -> None:
         try:
             result = job.run(conn, self.settings)
-            if result:
-                log.info("housekeeping %s: %s", job.name, result if isinstance(result, int) else len(result))
+            count = len(result) if isinstance(result, list) else result
+            if count:
+                log.info("housekeeping %s: %s", job.name, count)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except Exception:

@@ -346,10 +346,15 @@ def load_manifests(path_or_dir: str | Path | Iterable[str | Path]) -> list[Sched
 
     Raises `ManifestError` (an `InvalidInput`) listing each problem as `file[index] field: problem (fix)`.
     """
+    return [manifest for _, manifest in load_sources(path_or_dir)]
+
+
+def load_sources(path_or_dir: str | Path | Iterable[str | Path]) -> list[tuple[str, ScheduleManifest]]:
+    """Like `load_manifests`, each manifest paired with where it came from ('file[index]')."""
     paths = [path_or_dir] if isinstance(path_or_dir, str | Path) else list(path_or_dir)
     files = [file for path in paths for file in manifest_files(path)]
     errors: list[InvalidInput] = []
-    found: list[ScheduleManifest] = []
+    found: list[tuple[str, ScheduleManifest]] = []
     seen: dict[str, str] = {}
     for file in files:
         try:
@@ -377,7 +382,7 @@ def load_manifests(path_or_dir: str | Path | Iterable[str | Path]) -> list[Sched
                     "give each Schedule its own name or namespace"))
                 continue
             seen[manifest.row_name] = where
-            found.append(manifest)
+            found.append((where, manifest))
     if errors:
         raise ManifestError(errors)
     if not found:

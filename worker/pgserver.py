@@ -165,7 +165,7 @@ def embedded_postgres(install: bool = True) -> Iterator[str]:
             server.destroy()
         return
     try:
-        import pgserver  # type: ignore[import-not-found]
+        import pgserver
     except ImportError as exc:
         raise PostgresUnavailable(
             "no PostgreSQL found: install Debian's `postgresql` package or `pip install pgserver`"

@@ -45,8 +45,9 @@ class Outcome:
 def backoff_delay(attempt: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
     """Seconds before retry number `attempt` (1-based): exponential, capped, with "equal jitter"
     (half fixed, half random) so that a burst of failures does not retry in lockstep."""
-    ceiling = min(maximum, base * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling = min(maximum, base * 2.0 ** max(0, attempt - 1))
+    jitter = float((rng or random.Random()).uniform(0, ceiling / 2))
+    return ceiling / 2 + jitter
 
 
 def encode_result(value: Any) -> tuple[str | None, str | None]:

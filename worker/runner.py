@@ -132,7 +132,7 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if settings.worker.metrics_port:
         aggregated = CollectorRegistry()
-        multiprocess.MultiProcessCollector(aggregated)
+        multiprocess.MultiProcessCollector(aggregated)  # type: ignore[no-untyped-call]
         aggregated.register(metrics.DatabaseCollector(settings.database.url))
         http.serve(settings.worker.metrics_host, settings.worker.metrics_port, aggregated,
                    healthz=lambda: (all(p.is_alive() for p in children.values()), "children alive"),
@@ -145,7 +145,7 @@ def supervise(settings: Settings) -> int:
             if proc.is_alive() or stopping:
                 continue
             code = proc.exitcode
-            multiprocess.mark_process_dead(proc.pid or 0)
+            multiprocess.mark_process_dead(proc.pid or 0)  # type: ignore[no-untyped-call]
             delay = 0.0 if code == RESTART_ME else min(30.0, 2 * restarts.get(index, 0.5))
             log.warning("worker process %s exited with %s; restarting in %.1fs", proc.pid, code, delay)
             restarts[index] = max(delay, 0.5)

@@ -144,13 +144,22 @@ def fire_due(conn: Conn, settings: Settings, now: datetime | None = None, *, lim
     created: list[int] = []
     done: list[str] = []
     for _ in range(limit):
-        with conn.transaction():
-            at = now if now is not None else db_now(conn)
-            row = conn.execute(queries.get("schedule_lock_due"), {"now": at, "done": done}).fetchone()
-            if row is None:
-                break
-            done.append(row["name"])
-            created.extend(_fire(conn, row, at, settings))
+        fired: list[int] = []
+        try:
+            with conn.transaction():
+                at = now if now is not None else db_now(conn)
+                row = conn.execute(queries.get("schedule_lock_due"), {"now": at, "done": done}).fetchone()
+                if row is None:
+                    break
+                done.append(row["name"])
+                fired = _fire(conn, row, at, settings)
+        except psycopg.OperationalError:
+            raise  # the connection is gone: housekeeping reconnects
+        except Exception:
+            # One broken schedule must not stop the others; it is retried on the next pass.
+            log.exception("schedule %s: firing failed, rolled back", done[-1] if done else "?")
+            continue
+        created.extend(fired)
     return created
 
 

@@ -64,7 +64,7 @@ SELECT * FROM kubetasks.schedules
 WHERE NOT paused AND next_run <= %(now)s AND name <> ALL(%(done)s::text[])
 ORDER BY next_run, name
 LIMIT 1
-;
+FOR UPDATE SKIP LOCKED;
 
 -- schedule_advance: move next_run on by compare-and-set (no change unless it is still the tick we handled),
 -- and fold the newest success of the schedule's runs into last_success before old runs are pruned.

@@ -1,0 +1,55 @@
+# Everything a fresh Debian machine with Python 3.11 needs: `make demo`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SECONDS ?= 25
+
+.PHONY: demo test lint typecheck postgres controlplane bench crds clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[operator,test]'
+	touch $(STAMP)
+
+# PostgreSQL: Debian's package when we are root and it is missing; the `pgserver` wheel otherwise.
+postgres: $(STAMP)
+	@$(BIN)/python -c "from kubetasks.worker import pgserver as p; import sys; sys.exit(0 if p.find_bindir() else 1)" \
+	  || $(BIN)/python -c "from kubetasks.worker import pgserver as p; import sys; sys.exit(0 if p.install_debian_postgres() else 1)" \
+	  || $(BIN)/pip install -q pgserver
+
+# A node-less Kubernetes control plane (kube-apiserver + etcd) for the operator's end-to-end tests.
+controlplane:
+	@bash .ci/controlplane.sh
+
+demo: $(STAMP) postgres
+	$(BIN)/kubetasks dev -f examples/ --duration $(DEMO_SECONDS)
+
+test: $(STAMP) postgres
+	@assets=$$(bash .ci/controlplane.sh 2>/tmp/kubetasks-controlplane-build.log) \
+	  && export KUBEBUILDER_ASSETS="$$assets" \
+	  || echo "control plane unavailable (see /tmp/kubetasks-controlplane-build.log): apiserver tests will skip"; \
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+	$(MAKE) typecheck
+
+# mypy cannot follow setuptools' editable finder, so it reads the packages through a symlinked tree.
+typecheck: $(STAMP)
+	@rm -rf .typecheck && mkdir -p .typecheck/kubetasks \
+	  && ln -s ../../worker .typecheck/kubetasks/worker && ln -s ../../operator .typecheck/kubetasks/operator
+	MYPYPATH=.typecheck $(BIN)/mypy -p kubetasks.worker -p kubetasks.operator
+
+crds: $(STAMP)
+	$(BIN)/python -m kubetasks.operator.crdgen
+
+bench: $(STAMP) postgres
+	bash bench/setup.sh
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .typecheck .mypy_cache .ruff_cache build *.egg-info

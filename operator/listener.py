@@ -1,0 +1,139 @@
+"""Status flows from PostgreSQL to the custom resources: a LISTEN thread with a periodic resync behind it.
+
+Two channels are listened to on one dedicated connection:
+
+* `kubetasks_state` ("<id>:<state>", from the `tasks_notify_state` trigger, only for tasks with an
+  object_ref or a schedule): the TaskRun of each named task gets its status patched;
+* `kubetasks` ("<queue>:<first id>", sent when tasks are inserted): WorkerPools consuming that queue are
+  woken, and runs of operator-managed Schedules inserted since the last look get their TaskRun.
+
+Notifications arriving within `notify_batch_delay` are handled with one query. NOTIFY is not durable:
+whatever happens while the connection is down is lost, so after every (re)connection and every
+`resync_interval` the rows changed since the last resync's start are read and mirrored again. A
+notification is therefore only a hint to look now; the database stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from kubetasks.operator import mirror, reconcile
+from kubetasks.operator.runtime import Runtime
+
+log = logging.getLogger(__name__)
+STATE_CHANNEL = "kubetasks_state"
+QUEUE_CHANNEL = "kubetasks"
+RESYNC_MARGIN = timedelta(seconds=5)  # transactions commit in any order; re-read a little overlap
+
+
+class Listener(threading.Thread):
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(name="kubetasks-listener", daemon=True)
+        self.rt = rt
+        self.stopping = threading.Event()
+        self.since: Any = None  # database time the next resync reads from
+        self.after_id: int | None = None  # runs of operator Schedules with a larger id are new
+        self.handled = 0  # rows mirrored, for tests and logs
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                self._session()
+                backoff = 0.5
+            except (psycopg.Error, OSError) as exc:
+                log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            except Exception:  # an API error must not end the thread: the resync will catch up
+                log.exception("listener: unexpected error; restarting in %.1fs", backoff)
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, self.rt.settings.database.reconnect_max_backoff)
+
+    def _session(self) -> None:
+        settings = self.rt.settings.database
+        with psycopg.connect(settings.url, autocommit=True, row_factory=dict_row,
+                             connect_timeout=max(1, int(settings.connect_timeout)),
+                             application_name="kubetasks-operator-listener") as conn:
+            conn.execute(f"LISTEN {STATE_CHANNEL}")
+            conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+            self.resync()  # whatever changed while nobody listened
+            interval = self.rt.operator.resync_interval.total_seconds()
+            next_resync = time.monotonic() + interval
+            batch = self.rt.operator.notify_batch_delay.total_seconds()
+            while not self.stopping.is_set():
+                wait = max(0.05, min(1.0, next_resync - time.monotonic()))
+                got = list(conn.notifies(timeout=wait, stop_after=1))
+                if got:
+                    got.extend(conn.notifies(timeout=batch, stop_after=1000))
+                    self.dispatch((n.channel, n.payload) for n in got)
+                if time.monotonic() >= next_resync:
+                    self.resync()
+                    next_resync = time.monotonic() + interval
+
+    def dispatch(self, notifications: Iterable[tuple[str, str]]) -> None:
+        ids: set[int] = set()
+        inserted = False
+        for channel, payload in notifications:
+            head, _, tail = payload.rpartition(":")
+            if channel == STATE_CHANNEL and payload.split(":", 1)[0].isdigit():
+                ids.add(int(payload.split(":", 1)[0]))
+            elif channel == QUEUE_CHANNEL and head:
+                self.rt.wakeups.wake(head)
+                inserted = True
+        if inserted:
+            self.new_runs()
+        if ids:
+            with self.rt.connection() as conn:
+                rows = reconcile.task_views(conn, ids)
+            self.mirror(rows)
+
+    def new_runs(self) -> None:
+        """TaskRuns for runs of operator-managed Schedules inserted since the last look."""
+        with self.rt.connection() as conn:
+            if self.after_id is None:
+                self.after_id = reconcile.max_task_id(conn)
+                return
+            rows = reconcile.scheduled_after(conn, self.after_id)
+        if rows:
+            self.after_id = max(row["id"] for row in rows)
+            self.mirror(rows, create_missing=True)
+
+    def resync(self) -> None:
+        with self.rt.connection() as conn:
+            row = conn.execute("SELECT now() AS now").fetchone()
+            assert row is not None
+            started = row["now"]
+            since = self.since if self.since is not None else started - self.rt.operator.resync_interval * 2
+            rows = reconcile.changed_since(conn, since - RESYNC_MARGIN)
+            if self.after_id is None:
+                self.after_id = reconcile.max_task_id(conn)
+        self.mirror(rows)
+        self.since = started
+
+    def mirror(self, rows: list[dict[str, Any]], create_missing: bool | None = None) -> None:
+        schedules: set[tuple[str, str]] = set()
+        for row in rows:
+            try:
+                mirror.sync_task(self.rt, row, create_missing=create_missing)
+            except Exception:
+                log.exception("listener: could not mirror task %s", row.get("id"))
+                continue
+            self.handled += 1
+            target = reconcile.target_of(row)
+            if target is not None and target.schedule is not None:
+                schedules.add((target.namespace, target.schedule))
+        for namespace, name in sorted(schedules):  # Active, Last Schedule, Last Success, pruning
+            try:
+                mirror.sync_schedule(self.rt, namespace, name)
+            except Exception:
+                log.exception("listener: could not sync Schedule %s/%s", namespace, name)

@@ -1,0 +1,122 @@
+"""What every part of the running operator shares: settings, the connection pool, the API client, locks,
+and the wake-ups that let a new task reach a WorkerPool's autoscaler before its next poll.
+
+Kopf handlers, timers and daemons run on Kopf's worker threads; the database listener and the scheduler
+run on threads of their own. They meet on one object per TaskRun or Schedule at a time through
+`StripedLocks`, so a status is never computed from one read and written over a newer one by another
+thread, and an Event for a transition is posted once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from kubetasks.operator import config, kube
+from kubetasks.worker import registry
+from kubetasks.worker.db import Conn
+from kubetasks.worker.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class StripedLocks:
+    """Per-object mutual exclusion with bounded memory: a fixed set of locks per family, chosen by hash.
+
+    Each family ("schedules", "taskruns") has its own stripes and a Schedule's lock may be held while taking
+    a TaskRun's, never the reverse, so two objects sharing a stripe can never deadlock.
+    """
+
+    def __init__(self, stripes: int = 64) -> None:
+        self._stripes = stripes
+        self._families: dict[str, list[threading.RLock]] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, family: str, *key: str) -> Iterator[None]:
+        with self._guard:
+            locks = self._families.setdefault(family, [threading.RLock() for _ in range(self._stripes)])
+        with locks[hash(key) % self._stripes]:
+            yield
+
+
+class Wakeups:
+    """Events the autoscaler daemons wait on, set when a task is enqueued on one of their queues."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, tuple[frozenset[str], threading.Event]] = {}
+
+    def register(self, key: str, queues: frozenset[str]) -> threading.Event:
+        with self._lock:
+            event = self._waiters[key][1] if key in self._waiters else threading.Event()
+            self._waiters[key] = (queues, event)
+            return event
+
+    def unregister(self, key: str) -> None:
+        with self._lock:
+            self._waiters.pop(key, None)
+
+    def wake(self, queue: str) -> None:
+        with self._lock:
+            for queues, event in self._waiters.values():
+                if queue in queues:
+                    event.set()
+
+    @staticmethod
+    def wait(event: threading.Event, timeout: float, stopped: Callable[[], bool], slice_: float = 0.5) -> bool:
+        """Wait until woken (True), `timeout` passes or `stopped()` (False); clears the event."""
+        waited = 0.0
+        while waited < timeout and not stopped():
+            if event.wait(min(slice_, timeout - waited)):
+                event.clear()
+                return True
+            waited += slice_
+        return False
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    operator: config.OperatorSettings
+    pool: ConnectionPool[Any]
+    kube: kube.Kube
+    locks: StripedLocks = field(default_factory=StripedLocks)
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    threads: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings | None = None, operator: config.OperatorSettings | None = None,
+               api: kube.Kube | None = None) -> Runtime:
+        settings = settings or get_settings()
+        operator = operator or config.get_operator_settings()
+        if operator.validate_actors:
+            registry.load_modules(settings.worker.modules)
+        pool: ConnectionPool[Any] = ConnectionPool(
+            settings.database.url, min_size=1, max_size=operator.pool_size, open=True, name="kubetasks-operator",
+            kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "kubetasks-operator",
+                    "connect_timeout": max(1, int(settings.database.connect_timeout))})
+        return cls(settings=settings, operator=operator, pool=pool, kube=api or kube.Kube())
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self.pool.connection() as conn:
+            yield cast(Conn, conn)
+
+    def start_thread(self, thread: Any) -> None:
+        thread.start()
+        self.threads.append(thread)
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.stop()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.pool.close()
