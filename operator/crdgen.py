@@ -109,7 +109,7 @@ def structural(schema: Mapping[str, Any], defs: Mapping[str, Any] | None = None,
         node["additionalProperties"] = structural(node["additionalProperties"], defs, f"{path}.*")
     if "items" in node:
         node["items"] = structural(node["items"], defs, f"{path}[]")
-    return {key: node[key] for key in sorted(node, key=_ORDER.get)}
+    return {key: node[key] for key in sorted(node, key=lambda k: _ORDER.get(k, len(_ORDER)))}
 
 
 def _model_schema(model: Any, path: str) -> dict[str, Any]:

@@ -32,9 +32,9 @@ class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         if api_client is None:
             try:
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config()  # type: ignore[no-untyped-call]
             api_client = client.ApiClient()
         self.api = api_client
         self.custom = client.CustomObjectsApi(api_client)
@@ -56,7 +56,7 @@ class Kube:
     def list_objects(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         found = self.custom.list_namespaced_custom_object(
             resources.GROUP, resources.VERSION, namespace, kind.plural, label_selector=label_selector)
-        return cast(list[dict[str, Any]], found.get("items", []))
+        return cast(list[dict[str, Any]], cast(dict[str, Any], found).get("items", []))
 
     def create(self, kind: resources.Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(object, created); an object already there by that name is returned as is."""
@@ -103,7 +103,7 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return cast(dict[str, Any], self.api.sanitize_for_serialization(found))
+        return cast(dict[str, Any], self.api.sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
 
     def get_scale(self, namespace: str, name: str) -> int | None:
         """The Deployment's `/scale` replicas, or None when it does not exist."""
@@ -138,7 +138,7 @@ class Kube:
             "reportingComponent": COMPONENT, "reportingInstance": f"{self.host}-{uuid.getnode():x}",
         }
         try:
-            self.core.create_namespaced_event(meta.get("namespace") or "default", event)
+            self.core.create_namespaced_event(meta.get("namespace") or "default", event)  # type: ignore[arg-type]
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta.get("namespace"), meta.get("name"),
                         exc.reason)

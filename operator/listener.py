@@ -84,11 +84,14 @@ class Listener(threading.Thread):
         ids: set[int] = set()
         inserted = False
         for channel, payload in notifications:
-            head, _, tail = payload.rpartition(":")
-            if channel == STATE_CHANNEL and payload.split(":", 1)[0].isdigit():
-                ids.add(int(payload.split(":", 1)[0]))
-            elif channel == QUEUE_CHANNEL and head:
-                self.rt.wakeups.wake(head)
+            if channel == STATE_CHANNEL:
+                task_id = payload.split(":", 1)[0]
+                if task_id.isdigit():
+                    ids.add(int(task_id))
+            elif channel == QUEUE_CHANNEL:
+                queue = payload.rpartition(":")[0]  # queue names may contain ':'; the id is last
+                if queue:
+                    self.rt.wakeups.wake(queue)
                 inserted = True
         if inserted:
             self.new_runs()

@@ -42,7 +42,7 @@ def _differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 def _ready_changed(old: Mapping[str, Any], new: Mapping[str, Any], type_: str) -> bool:
     def pick(s: Mapping[str, Any]) -> tuple[Any, ...]:
-        found = next((c for c in s.get("conditions") or () if c.get("type") == type_), {})
+        found: Mapping[str, Any] = next((c for c in s.get("conditions") or () if c.get("type") == type_), {})
         return (found.get("status"), found.get("reason"), found.get("message"))
 
     return pick(old) != pick(new)
@@ -77,10 +77,11 @@ def _create_child(rt: Runtime, target: reconcile.Target, row: dict[str, Any]) ->
     schedule = rt.kube.get(resources.SCHEDULE, target.namespace, target.schedule)
     if schedule is None or schedule["metadata"].get("deletionTimestamp"):
         return None
-    body, created = rt.kube.create(resources.TASKRUN, target.namespace, children.taskrun_body(schedule, row))
+    made: dict[str, Any]
+    made, created = rt.kube.create(resources.TASKRUN, target.namespace, children.taskrun_body(schedule, row))
     if created:
         log.info("created TaskRun %s/%s for task %s", target.namespace, target.name, row["id"])
-    return body
+    return made
 
 
 def write_taskrun_status(rt: Runtime, body: dict[str, Any], row: dict[str, Any]) -> None:
@@ -187,9 +188,10 @@ def reconcile_schedule(rt: Runtime, body: Mapping[str, Any]) -> None:
                 rt.kube.event(fresh, "Warning", reason, str(exc))
             return
         if row["action"] != "unchanged" or old.get("observedGeneration") != generation:
-            when = row["next_run"].isoformat() if row.get("next_run") else "never"
             if row["action"] != "unchanged":
-                rt.kube.event(fresh, "Normal", "Scheduled", f"Schedule {row['action']}; next run {when}")
+                when = resources.rfc3339(row["next_run"]) if row.get("next_run") else "never"
+                next_run = "suspended" if row.get("paused") else f"next run {when}"
+                rt.kube.event(fresh, "Normal", "Scheduled", f"Schedule {row['action']}; {next_run}")
             rt.kube.patch_status(resources.SCHEDULE, namespace, name, {"observedGeneration": generation})
             fresh.setdefault("status", {})["observedGeneration"] = generation
         value = ((body["metadata"].get("annotations") or {}).get(resources.TRIGGER_ANNOTATION) or "").strip()

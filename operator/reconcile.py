@@ -31,7 +31,7 @@ _MAX_REF = 512
 
 
 def row_name(namespace: str, name: str) -> str:
-    return manifests.schedule_name(namespace, name)
+    return str(manifests.schedule_name(namespace, name))
 
 
 def taskrun_ref(namespace: str, name: str, uid: str) -> str:
@@ -110,12 +110,13 @@ def apply_schedule(conn: Conn, namespace: str, name: str, spec: dict[str, Any], 
                    settings: Settings) -> dict[str, Any]:
     """Validate a Schedule's spec and upsert its row; returns the row. Raises InvalidInput naming the field."""
     parsed = manifests.parse_spec(spec)
-    return schedules.apply(conn, row_name(namespace, name), parsed, source="operator",
-                           validate_actor=validate_actor, settings=settings)
+    row: dict[str, Any] = schedules.apply(conn, row_name(namespace, name), parsed, source="operator",
+                                          validate_actor=validate_actor, settings=settings)
+    return row
 
 
 def delete_schedule(conn: Conn, namespace: str, name: str) -> bool:
-    return schedules.delete(conn, row_name(namespace, name), missing_ok=True)
+    return bool(schedules.delete(conn, row_name(namespace, name), missing_ok=True))
 
 
 def trigger_ref(namespace: str, name: str, value: str) -> str:

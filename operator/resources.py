@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from kubetasks.worker import manifests
 
@@ -68,7 +69,7 @@ class Condition(_Model):
         default=None, ge=0, description="metadata.generation the condition was computed from.")
 
 
-_CONDITIONS = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+_CONDITIONS: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
 # -- Schedule ---------------------------------------------------------------------------------------------
@@ -261,8 +262,7 @@ SCHEDULE = Kind(
     ),
     rules=(
         # Like CronJob's 52: '-<task id>' is appended for TaskRun names, and the name is a label value.
-        Rule("", "size(self.metadata.name) <= 52", "a Schedule's name must be at most 52 characters",
-             ".metadata.name"),
+        Rule("", "size(self.metadata.name) <= 52", "a Schedule's name must be at most 52 characters"),
     ),
 )
 

@@ -19,7 +19,8 @@ from typing import Any, cast
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from kubetasks.operator import config, kube
+from kubetasks.operator import config
+from kubetasks.operator.kube import Kube
 from kubetasks.worker import registry
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings, get_settings
@@ -87,14 +88,14 @@ class Runtime:
     settings: Settings
     operator: config.OperatorSettings
     pool: ConnectionPool[Any]
-    kube: kube.Kube
+    kube: Kube
     locks: StripedLocks = field(default_factory=StripedLocks)
     wakeups: Wakeups = field(default_factory=Wakeups)
     threads: list[Any] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: Settings | None = None, operator: config.OperatorSettings | None = None,
-               api: kube.Kube | None = None) -> Runtime:
+               api: Kube | None = None) -> Runtime:
         settings = settings or get_settings()
         operator = operator or config.get_operator_settings()
         if operator.validate_actors:
@@ -103,7 +104,7 @@ class Runtime:
             settings.database.url, min_size=1, max_size=operator.pool_size, open=True, name="kubetasks-operator",
             kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "kubetasks-operator",
                     "connect_timeout": max(1, int(settings.database.connect_timeout))})
-        return cls(settings=settings, operator=operator, pool=pool, kube=api or kube.Kube())
+        return cls(settings=settings, operator=operator, pool=pool, kube=api or Kube())
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:

@@ -176,7 +176,8 @@ def transition(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -
     def key(status: Mapping[str, Any] | None) -> tuple[Any, Any]:
         if not status:
             return (None, None)
-        cond = next((c for c in status.get("conditions") or () if c.get("type") == SUCCEEDED), {})
+        cond: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or () if c.get("type") == SUCCEEDED), {})
         return (cond.get("reason"), status.get("attempt"))
 
     before, after = key(previous), key(current)

@@ -54,11 +54,12 @@ def check_cron(expression: str) -> str:
         if cron.lower() not in CRON_MACROS:
             raise _custom("cron", f"unknown cron macro {expression!r}", CRON_FIX)
         return cron.lower()
+    if "TZ=" in cron.upper():
+        raise _custom("cron", f"invalid cron {expression!r}: a time zone prefix is not supported",
+                      "remove CRON_TZ=/TZ= and set spec.timeZone instead")
     fields = cron.split(" ")
     if len(fields) != 5:
-        hint = "; set spec.timeZone instead of CRON_TZ/TZ" if "TZ=" in cron else ""
-        raise _custom("cron", f"invalid cron {expression!r}: {len(fields)} fields instead of 5",
-                      CRON_FIX + hint)
+        raise _custom("cron", f"invalid cron {expression!r}: {len(fields)} fields instead of 5", CRON_FIX)
     try:
         croniter(cron).get_next(float)
     except CroniterBadDateError:
@@ -85,7 +86,7 @@ class _Model(BaseModel):
 
 
 class RetryPolicy(_Model):
-    """How a failed run is retried."""
+    """Retry settings of a schedule's runs."""
 
     limit: int | None = Field(
         default=None, ge=0, le=1000,
@@ -98,7 +99,7 @@ class RetryPolicy(_Model):
 
 
 class ScheduleSpec(_Model):
-    """What to run and when."""
+    """The desired state of a Schedule: which actor runs with which arguments, and when."""
 
     actor: str = Field(
         description="Name of the actor to run, as declared with @actor (e.g. 'kubetasks.http').",

@@ -73,6 +73,9 @@ class DatabaseCollector(Collector):
                 last.add_metric([row["name"]], row["last_success"].timestamp())
         return [tasks, depth, last]
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # registering must not query the database (it may not be up yet)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             if time.monotonic() - self._at > self.cache_seconds:

@@ -50,7 +50,7 @@ class FailOnce(Exception):
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("command", choices=["schema", "enqueue", "prefill", "probe", "steady", "worker"])
+    p.add_argument("command", choices=["schema", "enqueue", "prefill", "probe", "steady", "schedules", "worker"])
     p.add_argument("--dsn", default=os.environ.get(DSN_ENV, ""))
     p.add_argument("--n", type=int, default=0, help="tasks to enqueue")
     p.add_argument("--fail-every", type=int, default=0, help="every k-th task fails once (0: none)")

@@ -1,4 +1,4 @@
-"""kubetasks driver for the bench suite; runs in the project's own venv (cwd: the repository root).
+"""kubetasks driver for the bench suite; runs in the project's own venv (PYTHONPATH: bench/.pypath).
 
 Bulk enqueue: `queue.enqueue_many` (COPY) per batch; single enqueues: `queue.enqueue`. The worker is
 the `kubetasks worker` command, started by the orchestrator, not by this driver.
@@ -11,12 +11,11 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 from _common import chunks, emit, fail_flag, parser, steady_sync
 
 import bench.tasks_kubetasks  # noqa: F401 - declares the actors enqueue validates against
-from kubetasks.worker import db, queue
+from kubetasks.worker import db, queue, schedules
+from kubetasks.worker.manifests import ScheduleSpec
 
 DSN = os.environ.get("BENCH_DSN", "")
 ACTOR = "bench.noop"
@@ -45,6 +44,15 @@ def prefill(queued: int, finished: int) -> None:
         conn.execute("ANALYZE kubetasks.tasks")
 
 
+def add_schedules(n: int) -> None:
+    # kubetasks keeps schedules in the database (from manifests or Schedule resources); the scheduler
+    # inside every worker fires them. One `apply` per schedule, as `kubetasks apply` does.
+    with db.connect(DSN) as conn:
+        for k in range(n):
+            schedules.apply(conn, f"bench/s{k}", ScheduleSpec(actor="bench.sched", args={"k": k},
+                                                              schedule="* * * * *"), source="cli")
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     result: dict[str, Any] = {}
@@ -61,6 +69,8 @@ def main() -> None:
         with db.connect(DSN) as conn:
             result["enqueued"] = steady_sync(lambda i: queue.enqueue(conn, ACTOR, {"i": i, "f": 0}) and None,
                                              args.rate, args.duration, args.out)
+    elif args.command == "schedules":
+        add_schedules(args.n)
     elif args.command == "worker":
         sys.exit("kubetasks workers are started with `kubetasks worker`, not by this driver")
     emit(**result)

@@ -111,6 +111,12 @@ class System:
     def prefill(self, ctx: Ctx, queued: int, finished: int, timeout: float = 900) -> None:
         self.call(ctx, "prefill", "--n", str(queued), "--finished", str(finished), timeout=timeout)
 
+    def setup_schedules(self, ctx: Ctx, n: int) -> None:
+        """Store n every-minute schedules before the workers start (systems that keep them in the database).
+
+        The peers declare their schedules in code when the worker starts, so the default does nothing.
+        """
+
     def probe(self, ctx: Ctx) -> None:
         """Enqueue the single readiness task (tag -1)."""
         self.call(ctx, "probe", timeout=60)

@@ -12,6 +12,20 @@ from .base import BENCH, PEERS_DIR, Ctx, Slots, System
 ROOT = BENCH.parent
 
 
+def import_root() -> Path:
+    """A directory holding only a `bench` link to this folder, for PYTHONPATH.
+
+    The repository root itself cannot go on PYTHONPATH: its `operator/` folder would shadow the
+    standard library's `operator` module.
+    """
+    root = BENCH / ".pypath"
+    link = root / "bench"
+    if not link.is_symlink():
+        root.mkdir(exist_ok=True)
+        link.symlink_to(BENCH, target_is_directory=True)
+    return root
+
+
 class Kubetasks(System):
     name = "kubetasks"
     label = "kubetasks"
@@ -37,16 +51,19 @@ class Kubetasks(System):
         return [sys.executable, str(PEERS_DIR / "kubetasks_driver.py")]
 
     def cwd(self) -> Path:
-        return ROOT  # so `bench.tasks_kubetasks` imports
+        return ROOT
 
     def env(self, ctx: Ctx, schedules: int = 0) -> dict[str, str]:
         env = super().env(ctx, schedules)
         env["KUBETASKS_DATABASE__URL"] = ctx.dsn
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = str(import_root())
         # Retry right away, as the peers are configured to (graphile-worker's backoff is fixed).
         env.setdefault("KUBETASKS_WORKER__RETRY_BACKOFF_BASE", "0.001")
         env.setdefault("KUBETASKS_WORKER__METRICS_PORT", "0")
         return env
+
+    def setup_schedules(self, ctx: Ctx, n: int) -> None:
+        self.call(ctx, "schedules", "--n", str(n), timeout=600)
 
     def worker_env(self, ctx: Ctx, slots: Slots, schedules: int) -> dict[str, str]:
         env = self.env(ctx, schedules)

@@ -244,8 +244,8 @@ def test_time_zone_shifts_utc_times_across_dst(conn: db.Conn, settings: Settings
     make(conn, now=start, schedule="0 9 * * *", timeZone="America/New_York")
     fire_every(conn, settings, start, datetime(2030, 3, 11, 15, tzinfo=UTC), step=timedelta(minutes=30))
     assert [t.schedule_tick for t in runs(conn)] == [
-        datetime(2030, 3, 8, 14, tzinfo=UTC), datetime(2030, 3, 9, 14, tzinfo=UTC), datetime(2030, 3, 10, 13, tzinfo=UTC),
-        datetime(2030, 3, 11, 13, tzinfo=UTC)]
+        datetime(2030, 3, 8, 14, tzinfo=UTC), datetime(2030, 3, 9, 14, tzinfo=UTC),  # 09:00 EST
+        datetime(2030, 3, 10, 13, tzinfo=UTC), datetime(2030, 3, 11, 13, tzinfo=UTC)]  # 09:00 EDT
 
 
 def test_tick_helpers_jump_over_long_outages() -> None:

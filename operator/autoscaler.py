@@ -1,0 +1,95 @@
+"""One WorkerPool autoscaling pass: measure the queues, decide with `scaling`, patch the Deployment's
+`/scale` subresource, report in `.status`.
+
+The Kopf daemon of each WorkerPool calls `step` every `pollingIntervalSeconds`, or sooner when the
+listener sees a task inserted on one of its queues. The recommendation history for the scale-down window
+lives in the daemon (in memory), see `scaling.Recommendations`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetasks.operator import reconcile, resources, scaling, status
+from kubetasks.operator.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def container_env(deployment: Mapping[str, Any], container: str | None) -> dict[str, str]:
+    """Plain `value` env entries of the named (or first) container; `valueFrom` ones cannot be read here."""
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    chosen = next((c for c in containers if c.get("name") == container), None) if container else None
+    if chosen is None and containers:
+        chosen = containers[0]
+    return {e["name"]: str(e["value"]) for e in (chosen or {}).get("env") or () if "value" in e}
+
+
+def concurrency(spec: resources.WorkerPoolSpec, deployment: Mapping[str, Any]) -> int:
+    if spec.concurrency_per_replica:
+        return int(spec.concurrency_per_replica)
+    return int(scaling.per_replica(container_env(deployment, spec.scale_target_ref.container)))
+
+
+def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
+         clock: float | None = None) -> dict[str, Any]:
+    """Scale the pool's Deployment once; return the status written."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    spec = resources.WorkerPoolSpec.model_validate(dict(body.get("spec") or {}))
+    old = dict(body.get("status") or {})
+    now = datetime.now(UTC)
+    generation = meta.get("generation")
+    target = spec.scale_target_ref.name
+    deployment = rt.kube.get_deployment(namespace, target)
+    if deployment is None:
+        new = {"conditions": [status.condition("Ready", "False", "TargetNotFound",
+                                               f"Deployment {target} does not exist", now,
+                                               old.get("conditions") or (), generation)],
+               "observedGeneration": generation}
+        if mirror_changed(old, new):
+            rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+            rt.kube.event(dict(body), "Warning", "TargetNotFound", f"Deployment {target} does not exist")
+        return new
+    current = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    per = concurrency(spec, deployment)
+    with rt.connection() as conn:
+        load = reconcile.pool_load(conn, spec.queues)
+    bounds = scaling.Bounds(min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, per_replica=per,
+                            stabilization=float(spec.scale_down_stabilization_seconds))
+    decision = scaling.decide(time.monotonic() if clock is None else clock, current, load, bounds, memory)
+    last_scale = old.get("lastScaleTime")
+    if decision.desired != current:
+        rt.kube.set_scale(namespace, target, decision.desired)
+        last_scale = resources.rfc3339(now)
+        message = (f"Scaled {target} from {current} to {decision.desired}: {load.runnable} runnable and "
+                   f"{load.running} running tasks, {per} per replica")
+        log.info("WorkerPool %s/%s: %s", namespace, name, message)
+        rt.kube.event(dict(body), "Normal", "Scaled", message)
+    before = old.get("conditions") or ()
+    active = load.runnable + load.running > 0
+    new = {
+        "desired": decision.desired, "current": decision.desired if decision.desired != current else current,
+        "queued": load.runnable, "running": load.running, "concurrency": per, "lastScaleTime": last_scale,
+        "conditions": [
+            status.condition("Ready", "True", decision.reason,
+                             f"{decision.recommended} replica(s) recommended, {decision.floor} busy", now, before,
+                             generation),
+            status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
+                             f"{load.runnable} runnable, {load.running} running on queues "
+                             + ", ".join(spec.queues), now, before, generation),
+        ],
+        "observedGeneration": generation,
+    }
+    if mirror_changed(old, new):
+        rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+    return new
+
+
+def mirror_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether `new` says anything `old` does not (condition timestamps aside, which only move with status)."""
+    return any(old.get(key) != value for key, value in new.items())

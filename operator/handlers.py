@@ -1,0 +1,111 @@
+"""Kopf registrations, and nothing else: each handler hands the object to `mirror` or `autoscaler`.
+
+Run it with `kopf run -m kubetasks.operator.handlers --all-namespaces` (add `--liveness
+http://0.0.0.0:8080/healthz` for probes). The database URL and actor modules come from the worker's
+settings (`KUBETASKS_DATABASE__URL`, `KUBETASKS_WORKER__MODULES`), the rest from `KUBETASKS_OPERATOR__*`.
+
+Kopf keeps its handler progress in `status.kopf` rather than annotations, so the operator writes only
+`.status` and its finalizer (`kubetasks.dev/finalizer`) on the objects users own. Kopf peering is not used:
+every write is idempotent and deduplicated in the database (see `reconcile`), so a second replica cannot
+create a second task or run; it only duplicates work and, at worst, an Event.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubetasks.operator import autoscaler, config, firing, listener, mirror, resources, scaling
+from kubetasks.operator.runtime import Runtime
+
+FINALIZER = f"{resources.GROUP}/finalizer"
+_op = config.get_operator_settings()
+_SCHEDULES = (resources.GROUP, resources.VERSION, resources.SCHEDULE.plural)
+_TASKRUNS = (resources.GROUP, resources.VERSION, resources.TASKRUN.plural)
+_POOLS = (resources.GROUP, resources.VERSION, resources.WORKERPOOL.plural)
+
+
+def _rt(memo: Any) -> Runtime:
+    rt: Runtime = memo["runtime"]
+    return rt
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress",
+                                                                      touch_field="status.kopf.dummy")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.lastHandled")
+    settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
+    settings.peering.standalone = True
+    rt = Runtime.create()
+    memo["runtime"] = rt
+    rt.start_thread(listener.Listener(rt))
+    if rt.operator.run_scheduler:
+        rt.start_thread(firing.Firing(rt))
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    rt = memo.get("runtime")
+    if rt is not None:
+        rt.close()
+
+
+# -- Schedule ---------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(*_SCHEDULES)
+@kopf.on.create(*_SCHEDULES)
+@kopf.on.update(*_SCHEDULES)
+def schedule_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    mirror.reconcile_schedule(_rt(memo), body)
+
+
+@kopf.on.delete(*_SCHEDULES)
+def schedule_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    mirror.forget_schedule(_rt(memo), body)
+
+
+@kopf.timer(*_SCHEDULES, interval=_op.schedule_sync_interval.total_seconds(), initial_delay=1.0)
+def schedule_sync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    mirror.sync_schedule(_rt(memo), namespace or "", name)
+
+
+# -- TaskRun ----------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(*_TASKRUNS)
+@kopf.on.create(*_TASKRUNS)
+@kopf.on.update(*_TASKRUNS)
+def taskrun_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    mirror.reconcile_taskrun(_rt(memo), body)
+
+
+@kopf.on.delete(*_TASKRUNS)
+def taskrun_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    mirror.forget_taskrun(_rt(memo), body)
+
+
+# -- WorkerPool -------------------------------------------------------------------------------------------
+
+
+@kopf.daemon(*_POOLS, cancellation_timeout=5.0)
+def workerpool_autoscaler(body: kopf.Body, namespace: str | None, name: str, memo: Any, stopped: kopf.DaemonStopped,
+                          logger: kopf.Logger, **_: Any) -> None:
+    rt = _rt(memo)
+    memory = scaling.Recommendations()
+    key = f"{namespace}/{name}"
+    try:
+        while not stopped:
+            spec = body.get("spec") or {}
+            wake = rt.wakeups.register(key, frozenset(spec.get("queues") or ("default",)))
+            try:
+                autoscaler.step(rt, body, memory)
+            except Exception as exc:  # keep scaling on the next pass; the cause is in the log
+                logger.exception(f"autoscaling failed: {exc}")
+            rt.wakeups.wait(wake, float(spec.get("pollingIntervalSeconds") or 10), lambda: bool(stopped))
+    finally:
+        rt.wakeups.unregister(key)
