@@ -109,7 +109,7 @@ class Consumer:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopping.wait(), backoff)
                     backoff = min(max_backoff, backoff * 2)
-            await self._drain()
+            await self._drain(self.settings.worker.shutdown_timeout.total_seconds())
         finally:
             await self._close()
             self.executor.stop(timeout=1.0)
@@ -239,10 +239,14 @@ class Consumer:
             except BaseException:
                 self.outcomes.extendleft(reversed(batch))  # written after reconnecting
                 raise
+            loop = asyncio.get_running_loop()
             for job, outcome in batch:
                 timer = self._timers.pop(job.task_id, None)
                 if timer is not None:
                     timer.cancel()
+                if outcome.state == "running" and outcome.eta is not None:
+                    # Our own retry: wake up when it is due rather than at the next scan.
+                    loop.call_later(max(0.0, (outcome.eta - now()).total_seconds()), self.wake.set)
                 metrics.record_outcome(job.actor, outcome)
 
     async def _write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:

@@ -145,19 +145,23 @@ def fire_due(conn: Conn, settings: Settings, now: datetime | None = None, *, lim
     done: list[str] = []
     for _ in range(limit):
         fired: list[int] = []
+        name: str | None = None
         try:
             with conn.transaction():
                 at = now if now is not None else db_now(conn)
                 row = conn.execute(queries.get("schedule_lock_due"), {"now": at, "done": done}).fetchone()
                 if row is None:
                     break
+                name = row["name"]
                 done.append(row["name"])
                 fired = _fire(conn, row, at, settings)
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, psycopg.InterfaceError):
             raise  # the connection is gone: housekeeping reconnects
         except Exception:
+            if name is None:
+                raise  # not about one schedule (schema missing…): nothing to skip past
             # One broken schedule must not stop the others; it is retried on the next pass.
-            log.exception("schedule %s: firing failed, rolled back", done[-1] if done else "?")
+            log.exception("schedule %s: firing failed, rolled back", name)
             continue
         created.extend(fired)
     return created

@@ -57,6 +57,9 @@ class WorkerSettings(BaseModel):
         timedelta(seconds=15), description="How often to look for running tasks whose worker died.")
     retry_backoff_base: Duration = Field(timedelta(seconds=1), description="First retry delay; doubles each time.")
     retry_backoff_max: Duration = Field(timedelta(minutes=10), description="Longest retry delay.")
+    shutdown_timeout: Duration = Field(
+        timedelta(seconds=25), description="On SIGTERM, how long running tasks may finish before they are "
+        "requeued; keep it below the pod's terminationGracePeriodSeconds.")
     prefetch: int = Field(0, ge=0, description="Tasks claimed ahead of free threads (0: as many as threads).")
     args_max_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON encoding of a task's args.")
     abandoned_threads_limit: int = Field(

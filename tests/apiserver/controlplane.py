@@ -105,8 +105,7 @@ def skip_reason() -> str | None:
     if _build_error:
         return f"no kube-apiserver/etcd: {_build_error}"
     return (
-        "no kube-apiserver/etcd: set KUBEBUILDER_ASSETS, run .ci/controlplane.sh, "
-        "or set KUBETASKS_BUILD_CONTROLPLANE=1"
+        "no kube-apiserver/etcd: set KUBEBUILDER_ASSETS, run .ci/controlplane.sh, or set KUBETASKS_BUILD_CONTROLPLANE=1"
     )
 
 
@@ -174,9 +173,13 @@ def make_certificates(cert_dir: Path) -> None:
 
 
 def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM the child if the parent dies, so a killed pytest leaves no orphans."""
+    """preexec_fn: kill the child if the parent dies, so a killed pytest leaves no orphans.
+
+    SIGKILL, not SIGTERM: an apiserver whose etcd is already gone hangs in graceful
+    shutdown, and the state is throwaway anyway.
+    """
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -374,9 +377,7 @@ class ControlPlane:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _wait_ready(
-        self, name: str, proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool]
-    ) -> None:
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.start_timeout
         delay = 0.05
         while time.monotonic() < deadline:
@@ -470,9 +471,7 @@ def make_kubectl(binary: str, kubeconfig: Path) -> Kubectl:
         )  # fmt: skip
         if check and proc.returncode != 0:
             # CalledProcessError hides stderr in pytest output; this keeps the server's words.
-            raise AssertionError(
-                f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
-            )
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}")
         return proc
 
     return kubectl
@@ -483,6 +482,8 @@ if __name__ == "__main__":
     reason = skip_reason()
     if reason:
         sys.exit(reason)
+    # SIGTERM -> SystemExit, so the context manager still stops both processes and cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ControlPlane(keep_workdir=False) as cp:
         print(f"export KUBECONFIG={cp.kubeconfig}  # ready in {cp.startup_seconds:.1f} s", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

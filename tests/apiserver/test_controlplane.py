@@ -51,9 +51,7 @@ def unique(prefix: str) -> str:
 
 
 def widget(name: str, spec: str) -> str:
-    return (
-        f"apiVersion: smoke.kubetasks.dev/v1alpha1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n"
-    )
+    return f"apiVersion: smoke.kubetasks.dev/v1alpha1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n"
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +142,8 @@ def test_deployment_scale_subresource(kubectl: Kubectl) -> None:
     kubectl("create", "deployment", name, "--image=registry.k8s.io/pause:3.10", "--replicas=1")
 
     # The operator's path: patch the /scale subresource, not the Deployment spec.
-    kubectl(
-        "patch", "deployment", name, "--subresource=scale", "--type=merge", "-p", '{"spec": {"replicas": 3}}'
-    )
-    scale = json.loads(
-        kubectl("get", "--raw", f"/apis/apps/v1/namespaces/default/deployments/{name}/scale").stdout
-    )
+    kubectl("patch", "deployment", name, "--subresource=scale", "--type=merge", "-p", '{"spec": {"replicas": 3}}')
+    scale = json.loads(kubectl("get", "--raw", f"/apis/apps/v1/namespaces/default/deployments/{name}/scale").stdout)
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
     assert "app=" + name in scale["status"].get("selector", ""), scale
 

@@ -255,3 +255,15 @@ def test_tick_helpers_jump_over_long_outages() -> None:
     assert tick == datetime(2030, 3, 1, tzinfo=UTC) and missed >= 1000
     assert scheduler.prev_tick("0 * * * *", "UTC", datetime(2030, 1, 1, 5, tzinfo=UTC)) == datetime(
         2030, 1, 1, 5, tzinfo=UTC)
+
+
+def test_a_broken_schedule_does_not_stop_the_others(conn: db.Conn, settings: Settings,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    make(conn, "default/good")
+    # A row no manifest could produce (written by hand, or by an older version): croniter refuses it.
+    conn.execute("INSERT INTO kubetasks.schedules (name, actor, cron, next_run) VALUES"
+                 " ('default/broken', 'tests.ticked', 'not a cron', %s)", (datetime(2030, 1, 7, 9, tzinfo=UTC),))
+    [task_id] = scheduler.fire_due(conn, settings, now=T0 + H)
+    assert queue.get_task(conn, task_id).schedule_name == "default/good"
+    assert any("default/broken: firing failed" in r.getMessage() for r in caplog.records)
+    assert runs(conn, "default/broken") == []

@@ -26,7 +26,7 @@ def spec(**overrides: Any) -> ScheduleSpec:
 
 
 def count(conn: db.Conn, table: str = "schedules") -> int:
-    row = conn.execute(f"SELECT count(*) AS n FROM kubetasks.{table}").fetchone()  # type: ignore[arg-type]
+    row = conn.execute(f"SELECT count(*) AS n FROM kubetasks.{table}").fetchone()
     assert row is not None
     return int(row["n"])
 

@@ -178,3 +178,18 @@ def test_locks_held_never_exceed_concurrency(conn: db.Conn, tmp_path: Path,
     wait_for(done, timeout=60, interval=0.005, what="all done")
     assert 0 < peak <= 4
     assert conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory'").fetchone() == {"n": 0}
+
+
+def test_housekeeping_purges_expired_tasks_on_a_timer_even_when_busy(
+        conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
+    marks = tmp_path / "marks"
+    start_worker(threads=1, task_expiration="1", task_purge_interval="0.5")
+    # Keep the only thread busy the whole time: purging must not wait for an idle worker.
+    busy = queue.enqueue(conn, "t.wait_file", {"path": str(marks), "release": str(tmp_path / "never")})
+    old = queue.enqueue(conn, "t.noop", {}, validate=False)
+    conn.execute("UPDATE kubetasks.tasks SET state='successful', finished_at=now() - interval '1 hour',"
+                 " worker=NULL WHERE id=%s", (old.id,))
+    wait_for(lambda: marks.exists(), what="busy task running")
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE id=%s", (old.id,)
+                                  ).fetchone() == {"n": 0}, what="expired task purged")
+    assert queue.get_task(conn, busy.id).state == "running"

@@ -23,7 +23,8 @@ class WorkerProcess:
                "KUBETASKS_WORKER__METRICS_PORT": "0",
                "KUBETASKS_WORKER__CONSUMER_LISTEN_TIMEOUT": "1",
                "KUBETASKS_WORKER__RETRY_BACKOFF_BASE": "0.05",
-               "KUBETASKS_WORKER__RESCUE_INTERVAL": "1"}
+               "KUBETASKS_WORKER__RESCUE_INTERVAL": "1",
+               "KUBETASKS_WORKER__SHUTDOWN_TIMEOUT": "2"}
         for key, value in overrides.items():
             env[f"KUBETASKS_WORKER__{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
         self.log_path = log_path
