@@ -13,24 +13,26 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubetasks.worker.settings import Duration  # seconds, ISO 8601 or HH:MM:SS, like the worker's
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBETASKS_OPERATOR__", extra="ignore")
 
-    resync_interval: timedelta = Field(
+    resync_interval: Duration = Field(
         timedelta(seconds=30),
         description="How often TaskRun statuses are re-read from the database even without a notification "
                     "(the safety net for notifications lost while the LISTEN connection was down).")
-    schedule_sync_interval: timedelta = Field(
+    schedule_sync_interval: Duration = Field(
         timedelta(seconds=10),
         description="How often each Schedule's status, TaskRuns and history pruning are reconciled.")
-    notify_batch_delay: timedelta = Field(
+    notify_batch_delay: Duration = Field(
         timedelta(milliseconds=50),
         description="Notifications arriving within this delay are handled together (one query per burst).")
     run_scheduler: bool = Field(
         True, description="Fire due schedules from the operator too, so schedules keep firing while a "
                           "WorkerPool has scaled every worker to zero (firing is exactly-once per tick).")
-    scheduler_interval: timedelta = Field(
+    scheduler_interval: Duration = Field(
         timedelta(seconds=5), description="How often the operator fires due schedules.")
     validate_actors: bool = Field(
         True, description="Refuse specs naming an actor the modules in KUBETASKS_WORKER__MODULES do not "

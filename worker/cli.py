@@ -561,6 +561,9 @@ def dev(ctx: click.Context, paths: tuple[Path, ...], duration: float | None, thr
         code = devmode.run(list(paths), duration=duration, threads=threads, trigger=not no_trigger)
     except PostgresUnavailable as exc:
         fail(str(exc))
+    except KeyboardInterrupt:  # before the worker started; the private database is already removed
+        click.echo("interrupted", err=True)
+        code = 130
     sys.exit(code)
 
 

@@ -82,6 +82,8 @@ def run(paths: Sequence[Path], *, duration: float | None = None, threads: int = 
     def say(message: str = "") -> None:
         click.echo(message, file=out)
 
+    # SIGTERM (a process manager, `timeout`) stops as gracefully as Ctrl-C: worker stopped, database removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     folders, modules = actor_modules(paths)
     sys.path[:0] = [f for f in folders if f not in sys.path]
     registry.load_modules(modules)  # so `apply` can check actor names, as the worker will import the same
@@ -106,6 +108,10 @@ def run(paths: Sequence[Path], *, duration: float | None = None, threads: int = 
                 say("triggered each schedule once now, so runs show up without waiting for the next minute "
                     "(--no-trigger to skip)")
             return _watch(conn, dsn, folders, modules, threads, duration, say)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch(conn: db.Conn, dsn: str, folders: list[str], modules: list[str], threads: int,

@@ -15,6 +15,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ class Job:
     started_at: datetime
     ctx: TaskContext = field(init=False)
     done: bool = False  # an outcome was handed over; later ones are dropped
+    deadline: float | None = None  # monotonic time the time limit ends, set when execution starts
     thread: TaskThread | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class Executor:
         self.abandoned: set[TaskThread] = set()
         self.rng = random.Random()
         self._count = 0
+        self.watchdog = Watchdog(self)
 
     @property
     def needs_restart(self) -> bool:
@@ -101,6 +104,7 @@ class Executor:
         context.install()
         for _ in range(self.size):
             self._spawn()
+        self.watchdog.start()
 
     def _spawn(self) -> None:
         self._count += 1
@@ -117,8 +121,10 @@ class Executor:
         with self.lock:
             if job.done:  # finalised (cancelled, timed out) before it started
                 return
-            thread.current = job
             job.thread = thread
+            # The time limit counts from the start of execution, not from the claim (prefetched tasks wait).
+            job.deadline = time.monotonic() + job.time_limit
+            thread.current = job
         context.bind(job.ctx)
         returned: Any = None
         raised: BaseException | None = None
@@ -194,13 +200,44 @@ class Executor:
                     job.task_id, thread.name)
         self._spawn()
 
-    def expire(self, task_id: int) -> Job | None:
-        return self.interrupt(task_id, TimeLimitExceeded)
+    def expire(self, job: Job) -> None:
+        if self.interrupt(job.task_id, TimeLimitExceeded) is not None:
+            log.warning("task %s (%s) exceeded its time limit of %gs", job.task_id, job.actor, job.time_limit)
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.watchdog.stop()
         for _ in self.threads:
             self.jobs.put(None)
         deadline = datetime.now(UTC) + timedelta(seconds=timeout)
         for thread in list(self.threads):
             remaining = (deadline - datetime.now(UTC)).total_seconds()
             thread.join(max(0.0, remaining))
+
+
+class Watchdog(threading.Thread):
+    """Enforces time limits: every `tick` it looks at the (at most `threads`) attempts executing now, so its
+    cost and memory stay bounded however many tasks pass through."""
+
+    def __init__(self, executor: Executor, tick: float = 0.05) -> None:
+        super().__init__(name="kubetasks-watchdog", daemon=True)
+        self.executor = executor
+        self.tick = tick
+        self.stopping = threading.Event()
+        self.stuck_checks: list[tuple[float, Job]] = []
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        pool = self.executor
+        while not self.stopping.wait(self.tick):
+            now = time.monotonic()
+            for thread in list(pool.threads):
+                job = thread.current
+                if job is not None and not job.done and job.deadline is not None and now >= job.deadline:
+                    pool.expire(job)
+                    self.stuck_checks.append((now + pool.abandon_grace, job))
+            due = [job for at, job in self.stuck_checks if at <= now]
+            self.stuck_checks = [(at, job) for at, job in self.stuck_checks if at > now]
+            for job in due:
+                pool.check_stuck(job)

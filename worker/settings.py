@@ -60,7 +60,9 @@ class WorkerSettings(BaseModel):
     shutdown_timeout: Duration = Field(
         timedelta(seconds=25), description="On SIGTERM, how long running tasks may finish before they are "
         "requeued; keep it below the pod's terminationGracePeriodSeconds.")
-    prefetch: int = Field(0, ge=0, description="Tasks claimed ahead of free threads (0: as many as threads).")
+    prefetch: int | None = Field(
+        None, ge=0, description="Tasks claimed ahead of free threads, so short tasks are claimed in bigger batches "
+        "(default: as many as threads; 0 for long tasks that other workers should get instead).")
     args_max_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON encoding of a task's args.")
     abandoned_threads_limit: int = Field(
         8, ge=1, description="Threads stuck past their time limit before the process restarts itself.")
