@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steady-seconds", type=float, default=10.0, help="scenario 3 duration")
     p.add_argument("--processes", type=int, default=2, help="worker processes per system")
     p.add_argument("--threads", type=int, default=8, help="slots (threads / async tasks) per process")
-    p.add_argument("--timeout", type=float, default=240.0, help="deadline of each wait, in seconds")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="deadline of each wait, in seconds (default: 120 + tasks / 50)")
     p.add_argument("--json", dest="json_path", help="write the results here")
     p.add_argument("--work-dir", help="records and logs (default: bench/results/<timestamp>)")
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
@@ -107,6 +109,8 @@ class Suite:
                            deep_finished=args.deep_finished, schedules=args.schedules,
                            steady_rate=args.steady_rate, steady_seconds=args.steady_seconds)
         self.slots = Slots(args.processes, args.threads)
+        # A system slower than 50 tasks/s is reported as a timeout rather than holding up the suite.
+        self.timeout = args.timeout or 120.0 + self.sizes.tasks / 50
         self.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
         unknown = self.scenarios - set(SCENARIOS)
         if unknown:
@@ -115,11 +119,11 @@ class Suite:
         bad = [n for n in names if n not in SYSTEMS]
         if bad:
             sys.exit(f"unknown systems: {', '.join(bad)} (known: {', '.join(SYSTEMS)})")
-        self.systems: list[System] = [SYSTEMS[n]() for n in names]
+        self.systems: list[System] = [cls() for n, cls in SYSTEMS.items() if n in names]  # table order
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.work = Path(args.work_dir) if args.work_dir else BENCH / "results" / stamp
-        # results[system][metric] -> one entry per run: a number, or a status word
-        self.results: dict[str, dict[str, list[Any]]] = {s.name: {} for s in self.systems}
+        # results[system][metric][run] -> a number, or a status word
+        self.results: dict[str, dict[str, dict[int, Any]]] = {s.name: {} for s in self.systems}
         self.errors: dict[str, list[str]] = {s.name: [] for s in self.systems}
         self.details: list[dict[str, Any]] = []
         self.unavailable: dict[str, str] = {}
@@ -177,9 +181,13 @@ class Suite:
             self.run_one(server, *sched.pop(0))
 
     def estimate(self, system: System, key: str) -> float:
-        """Expected seconds of one scenario run: the slowest seen so far, padded; 60 s before any."""
+        """Expected seconds of one scenario run: the slowest seen so far (of this system, else of any
+        system for that scenario), padded; 30 s before any was seen."""
         seen = self.durations.get((system.name, key))
-        return 60.0 if seen is None else seen * 1.25 + 3.0
+        if seen is None:
+            others = [d for (_, k), d in self.durations.items() if k == key]
+            seen = max(others) if others else None
+        return 30.0 if seen is None else seen * 1.25 + 3.0
 
     def make_templates(self, server: LocalPostgres) -> list[System]:
         """One schema-installed database per system; each scenario run clones it (a fresh database)."""
@@ -214,19 +222,22 @@ class Suite:
                    and m.key != "retry_rel"]
         if key == "6" and not system.has_scheduler:
             for metric in metrics:
-                self.results[system.name].setdefault(metric, []).append("n/a")
+                self.results[system.name].setdefault(metric, {})[run] = "n/a"
             return
         t0 = time.time()
         env: Env | None = None
         status = "ok"
         try:
             dsn = server.create_database(dbname, template=f"tmpl_{system.name}")
-            env = Env(system, Ctx(dsn, out, logs), self.sizes, self.slots, self.args.timeout)
+            env = Env(system, Ctx(dsn, out, logs), self.sizes, self.slots, self.timeout)
             values = RUNNERS[key](env)
         except (Timeout, TimeoutError) as exc:
             status, values = "timeout", {"error": str(exc)}
-        except (DriverError, WorkerDied, RuntimeError, OSError, psycopg.Error, ValueError, KeyError) as exc:
+        except (DriverError, WorkerDied, RuntimeError, OSError, psycopg.Error) as exc:
             status, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a bug in an adapter must not stop the other systems' runs
+            (logs / "traceback.txt").write_text(traceback.format_exc())
+            status, values = "failed", {"error": f"{type(exc).__name__}: {exc} (see {logs}/traceback.txt)"}
         finally:
             if env is not None:
                 env.stop_all()
@@ -235,11 +246,14 @@ class Suite:
         self.durations[(system.name, key)] = max(elapsed, self.durations.get((system.name, key), 0.0))
         ready_after = values.get("details", {}).get("ready_after_s") if status == "ok" else None
         if ready_after is not None:
-            self.sched_lead[system.name] = max(self.sched_lead.get(system.name, 0.0), ready_after * 1.3 + 8.0)
+            self.sched_lead[system.name] = max(self.sched_lead.get(system.name, 0.0), ready_after * 1.3 + 6.0)
         for metric in metrics:
-            self.results[system.name].setdefault(metric, []).append(values[metric] if status == "ok" else status)
+            self.results[system.name].setdefault(metric, {})[run] = values[metric] if status == "ok" else status
         if status != "ok":
             self.errors[system.name].append(f"run {run} scenario {key}: {values['error']}")
+        else:  # the start records are only needed to debug a failure; they grow with the scale
+            for path in out.glob("*.txt"):
+                path.unlink()
         self.details.append({"system": system.name, "run": run, "scenario": key, "status": status,
                              "seconds": round(time.time() - t0, 2),
                              **{k: v for k, v in values.items() if k not in metrics}})
@@ -248,13 +262,15 @@ class Suite:
         log(f"run {run} {system.name:14} scenario {key:2}: {shown} ({time.time() - t0:.1f}s)")
 
     def aggregate(self, system: str, metric: str) -> tuple[float | None, str, list[Any]]:
-        runs = self.results.get(system, {}).get(metric)
+        by_run = self.results.get(system, {}).get(metric, {})
         if metric == "retry_rel":
             # Per run: scenario 5 throughput over the same run's scenario 2 throughput.
-            retry = self.results.get(system, {}).get("retry") or []
-            e2e = self.results.get(system, {}).get("e2e") or []
-            runs = [r / e if isinstance(r, float) and isinstance(e, float)
-                    else (r if isinstance(r, str) else e) for r, e in zip(retry, e2e, strict=False)]
+            retry = self.results.get(system, {}).get("retry", {})
+            e2e = self.results.get(system, {}).get("e2e", {})
+            by_run = {run: retry[run] / e2e[run] if isinstance(retry[run], float) and isinstance(e2e[run], float)
+                      else (retry[run] if isinstance(retry[run], str) else e2e[run])
+                      for run in retry if run in e2e}
+        runs = [by_run[run] for run in sorted(by_run)]
         if system in self.unavailable:
             return None, "not run", []
         if not runs:
@@ -324,7 +340,7 @@ class Suite:
             better = "higher" if row["higher_is_better"] else "lower"
             lines.append(f"| {row['scenario']} | {row['figure']} | {row['unit']} | {better} | "
                          + " | ".join(cells) + " |")
-        if any(not SYSTEMS[n].keeps_finished for n in names):
+        if "4" in self.scenarios and any(not SYSTEMS[n].keeps_finished for n in names):
             gone = ", ".join(n for n in names if not SYSTEMS[n].keeps_finished)
             lines.append(f"\nScenario 4: {gone} delete finished jobs, so only their queued backlog was added.")
         return "\n".join(lines)

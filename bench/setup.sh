@@ -6,6 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python3}"
 venv="$here/.venv-peers"
+cd "$here"  # not the repository root: its operator/ folder would shadow the stdlib module
 
 # Pinned peer versions; a stamp file lets a re-run skip pip when nothing changed.
 pins=(
@@ -28,14 +29,15 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   printf '%s\n' "$want" >"$stamp"
 fi
 
-# graphile-worker, run with the machine's node; package-lock.json pins the whole tree once made.
+# graphile-worker, run with the machine's node; package-lock.json pins the whole npm tree.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "setup.sh: node and npm are needed for graphile-worker (apt-get install nodejs npm)" >&2
-  exit 1
+  echo "setup.sh: node/npm not found, graphile-worker will be skipped (apt-get install nodejs npm)" >&2
+else
+  gstamp="$here/graphile/node_modules/.bench-stamp"
+  if [[ ! -f "$gstamp" || "$here/graphile/package.json" -nt "$gstamp" \
+        || "$here/graphile/package-lock.json" -nt "$gstamp" ]]; then
+    (cd "$here/graphile" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$gstamp"
+  fi
 fi
-gstamp="$here/graphile/node_modules/.bench-stamp"
-if [[ ! -f "$gstamp" || "$here/graphile/package.json" -nt "$gstamp" ]]; then
-  (cd "$here/graphile" && npm install --no-audit --no-fund --loglevel=error)
-  touch "$gstamp"
-fi
-echo "bench peers ready: $venv, $here/graphile/node_modules"
+echo "bench peers ready: $venv${gstamp:+, $here/graphile/node_modules}"

@@ -259,16 +259,16 @@ def _sync_children(rt: Runtime, schedule: dict[str, Any], kept: Iterable[dict[st
         rt.kube.delete(resources.TASKRUN, namespace, tr_name)
     now = _now()
     for tr_name, tr in existing.items():  # the resync for scheduled runs: statuses from the rows
-        task_id = labels[tr_name]
-        if task_id not in rows or tr_name in plan.delete or tr["metadata"].get("deletionTimestamp"):
+        label = labels[tr_name]
+        if label is None or label not in rows or tr_name in plan.delete or tr["metadata"].get("deletionTimestamp"):
             continue
         listed = tr.get("status") or {}
-        if not _differs(listed, status.taskrun_status(status.TaskView.from_row(rows[task_id]), now, listed)):
+        if not _differs(listed, status.taskrun_status(status.TaskView.from_row(rows[label]), now, listed)):
             continue
         with rt.locks.hold("taskruns", namespace, tr_name):  # re-read: the listener may have just written
             fresh = rt.kube.get(resources.TASKRUN, namespace, tr_name)
             if fresh is not None:
-                write_taskrun_status(rt, fresh, rows[task_id])
+                write_taskrun_status(rt, fresh, rows[label])
 
 
 def _task_label(body: Mapping[str, Any]) -> int | None:

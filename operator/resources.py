@@ -140,7 +140,8 @@ class TaskRunStatus(_Model):
     duration: str | None = Field(default=None, description="Time from start to completion (or until now).")
     message: str | None = Field(default=None, description="Error of the last attempt, or progress.")
     task_id: int | None = Field(default=None, ge=1, description="Id of the task row in the database.")
-    log_tail: str | None = Field(default=None, description="Last lines of the latest attempt's log.")
+    log_tail: str | None = Field(
+        default=None, description="Last lines of the latest attempt's log (stored when an attempt ends).")
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation handled.")
     kopf: dict[str, Any] | None = _KOPF
 

@@ -76,6 +76,8 @@ class Consumer:
         self.work: AsyncConn | None = None
         self.listen: AsyncConn | None = None
         self.claimed_total = 0
+        self.backlog = False
+        self.min_batch = max(1, self.capacity // 2)
 
     # -- called from task threads -------------------------------------------------------------------
     def _on_outcome(self, job: Job, outcome: policies.Outcome) -> None:
@@ -162,19 +164,26 @@ class Consumer:
                 self.health.beat()
                 if listener.done():
                     listener.result()  # re-raise what ended it
-                if self.outcomes:
-                    await self._flush()
                 if self.executor.needs_restart:
+                    await self._flush()
                     log.error("%d task threads are stuck past their time limit; restarting this process",
                               len(self.executor.abandoned))
                     self.stopping.set()
                     break
                 free = self.capacity - len(self.executor.inflight)
-                if free > 0 and self.wake.is_set():
+                # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
+                claim = free > 0 and self.wake.is_set() and (
+                    not self.backlog or free >= self.min_batch or not self.executor.inflight)
+                if claim:
                     self.wake.clear()
-                    if await self._claim(free) >= free:
+                    claimed = await self._exchange(free)
+                    self.backlog = claimed >= free
+                    if self.backlog:
                         self.wake.set()  # a full batch: more may be waiting
-                        continue
+                    continue
+                if self.outcomes:
+                    await self._exchange(0)
+                    continue
                 await self._wait(listener)
         finally:
             listener.cancel()
@@ -201,46 +210,59 @@ class Consumer:
                   and self.executor.interrupt(int(note.payload), Cancelled) is not None):
                 log.info("task %s cancelled while running", note.payload)
 
-    async def _claim(self, free: int) -> int:
-        assert self.work is not None
-        claimed = 0
-        for queue in self.queues:
-            if claimed >= free:
-                break
-            cur = await self.work.execute(queries.get("task_claim"),
-                                          {"queue": queue, "limit": free - claimed, "worker": self.name})
-            rows = await cur.fetchall()
-            for row in rows:
-                job = Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
-                          row["time_limit"], row["attempt_started_at"])
-                self.executor.submit(job)
-                metrics.IN_PROGRESS.labels(job.actor).inc()
-            claimed += len(rows)
-        self.claimed_total += claimed
-        return claimed
-
-    async def _flush(self) -> None:
-        """Write the outcomes gathered so far: one UPDATE (+ unlock) per batch, attempt rows only when useful."""
+    async def _exchange(self, free: int) -> int:
+        """One round trip: write the outcomes gathered so far and claim up to `free` tasks, pipelined.
+        Returns how many tasks were claimed."""
         assert self.work is not None
         self._signalled = False
         self.outcome_ready.clear()
-        while self.outcomes:
-            batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
-            try:
-                await self._write(batch)
-            except BaseException:
-                self.outcomes.extendleft(reversed(batch))  # written after reconnecting
-                raise
-            loop = asyncio.get_running_loop()
-            for job, outcome in batch:
-                if outcome.state == "running" and outcome.eta is not None:
-                    # Our own retry: wake up when it is due rather than at the next scan.
-                    loop.call_later(max(0.0, (outcome.eta - now()).total_seconds()), self.wake.set)
-                metrics.record_outcome(job.actor, outcome)
+        batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
+        claimed: list[dict[str, Any]] = []
+        try:
+            async with self.work.pipeline():
+                if batch:
+                    await self._write([outcome for _, outcome in batch])
+                if free > 0:
+                    claimed = await self._claim(self.queues[0], free)
+        except BaseException:
+            self.outcomes.extendleft(reversed(batch))  # written after reconnecting
+            raise
+        self._after_write(batch)
+        for queue in self.queues[1:]:  # the other queues, in order of preference, while slots remain
+            if len(claimed) >= free:
+                break
+            claimed += await self._claim(queue, free - len(claimed))
+        self.claimed_total += len(claimed)
+        return len(claimed)
 
-    async def _write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:
+    async def _claim(self, queue: str, limit: int) -> list[dict[str, Any]]:
         assert self.work is not None
-        outcomes = [o for _, o in batch]
+        cur = await self.work.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
+        rows = await cur.fetchall()
+        for row in rows:
+            self.executor.submit(self._job(row))
+        return rows
+
+    def _job(self, row: dict[str, Any]) -> Job:
+        metrics.IN_PROGRESS.labels(row["actor"]).inc()
+        return Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
+                   row["time_limit"], row["attempt_started_at"])
+
+    def _after_write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:
+        loop = asyncio.get_running_loop()
+        for job, outcome in batch:
+            if outcome.state == "running" and outcome.eta is not None:
+                # Our own retry: wake up when it is due rather than at the next scan.
+                loop.call_later(max(0.0, (outcome.eta - now()).total_seconds()), self.wake.set)
+            metrics.record_outcome(job.actor, outcome)
+
+    async def _flush(self) -> None:
+        while self.outcomes:
+            await self._exchange(0)
+
+    async def _write(self, outcomes: list[policies.Outcome]) -> None:
+        """Record outcomes: attempt rows only when they tell something, then one UPDATE (+ unlock) for all."""
+        assert self.work is not None
         async with self.work.transaction():
             recorded = [o for o in outcomes if o.worth_recording]
             if recorded:
@@ -251,8 +273,7 @@ class Consumer:
                     "errors": [o.error for o in recorded], "logs": [o.log for o in recorded]})
             await self.work.execute(queries.get("task_finish_many"), {
                 "ids": [o.task_id for o in outcomes], "states": [o.state for o in outcomes],
-                "reasons": [o.reason for o in outcomes],
-                "results": [o.result for o in outcomes],
+                "reasons": [o.reason for o in outcomes], "results": [o.result for o in outcomes],
                 "errors": [o.error for o in outcomes], "etas": [o.eta for o in outcomes],
                 "worker": self.name})
 

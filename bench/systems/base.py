@@ -122,10 +122,11 @@ class System:
         self.call(ctx, "probe", timeout=60)
 
     def start_steady(self, ctx: Ctx, rate: float, duration: float) -> subprocess.Popen[bytes]:
-        log = open(ctx.logs / f"{self.name}-steady.log", "ab")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen([*self.driver(), "steady", "--rate", str(rate), "--duration", str(duration)],
-                                env=self.env(ctx), cwd=self.cwd(), stdout=subprocess.PIPE, stderr=log,
-                                start_new_session=True)
+        # The child keeps its own copy of the log's descriptor: ours can be closed at once.
+        with open(ctx.logs / f"{self.name}-steady.log", "ab") as log:
+            return subprocess.Popen([*self.driver(), "steady", "--rate", str(rate), "--duration", str(duration)],
+                                    env=self.env(ctx), cwd=self.cwd(), stdout=subprocess.PIPE, stderr=log,
+                                    start_new_session=True)
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -141,10 +142,9 @@ class System:
         group = WorkerGroup(self.name)
         env = self.worker_env(ctx, slots, schedules)
         for idx, cmd in enumerate(self.worker_commands(slots, schedules)):
-            log = open(ctx.logs / f"{self.name}-worker{idx}.log", "ab")  # noqa: SIM115
-            group.procs.append(subprocess.Popen(cmd, env=env, cwd=self.cwd(), stdout=log, stderr=log,
-                                                start_new_session=True))
-            group.logs.append(log)
+            with open(ctx.logs / f"{self.name}-worker{idx}.log", "ab") as log:
+                group.procs.append(subprocess.Popen(cmd, env=env, cwd=self.cwd(), stdout=log, stderr=log,
+                                                    start_new_session=True))
         return group
 
 
@@ -154,7 +154,6 @@ class WorkerGroup:
 
     name: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[object] = field(default_factory=list)
     hwm_kb: dict[int, int] = field(default_factory=dict)  # peak VmHWM seen per pid of the trees
     _last_sample: float = 0.0
 
@@ -194,8 +193,6 @@ class WorkerGroup:
             _signal_group(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
                 proc.wait(timeout=5)
-        for log in self.logs:
-            log.close()  # type: ignore[attr-defined]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -298,6 +298,11 @@ def test_schedule_runs_show_up_as_owned_taskruns(ns: str, kubectl: Kubectl, api:
         {"paused": True}]
     assert len(marks.read_text().splitlines()) == 3
 
+    # Deleting the Schedule removes its row (the finalizer runs first); its TaskRuns are left to the garbage
+    # collector, which this node-less control plane does not run.
+    kubectl("delete", "-n", ns, "schedule/report", "--timeout=30s", timeout=45)
+    assert sql(database, "SELECT name FROM kubetasks.schedules WHERE name = %s", f"{ns}/report") == []
+
 
 def test_taskrun_lifecycle_success_failure_and_retries(ns: str, kubectl: Kubectl, api: client.ApiClient,
                                                       worker: Process, tmp_path: Path) -> None:
@@ -317,8 +322,14 @@ def test_taskrun_lifecycle_success_failure_and_retries(ns: str, kubectl: Kubectl
     cond = condition(broken, "Succeeded")
     assert (cond["status"], cond["reason"]) == ("False", "Failed") and "bad input" in cond["message"]
     assert broken is not None and "bad input" in broken["status"]["message"]
+    assert "bad input" in broken["status"]["logTail"]
+    # The operator wrote status and its finalizer only: Kopf's bookkeeping is in status.kopf, not annotations.
+    assert broken["metadata"]["finalizers"] == ["kubetasks.dev/finalizer"]
+    assert not [a for a in broken["metadata"].get("annotations") or {} if "kopf" in a]
+    assert "kopf" in broken["status"]
     flaky = status_of(api, "taskruns", ns, "flaky")
     assert (flaky["state"], flaky["attempt"], flaky["maxAttempts"]) == ("successful", 2, 3)
+    assert "attempt 2" in flaky["logTail"]  # the actor's logging, captured by the worker
     wait(lambda: ("Warning", "Failed") in events(kubectl, ns, "broken"), "a Warning event for the failure")
     assert ("Normal", "Succeeded") in events(kubectl, ns, "ok")
 

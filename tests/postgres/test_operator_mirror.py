@@ -1,0 +1,210 @@
+"""Rows -> custom resources on real PostgreSQL, with an in-memory stand-in for the Kubernetes API.
+
+The apiserver tests cover the same paths for real; these run wherever PostgreSQL does and pin the
+reconcile logic: idempotent TaskRun handling, Events once per transition, a Schedule's children and
+pruning, the LISTEN path, and one autoscaling pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from waiting import wait_for
+
+from kubetasks.operator import autoscaler, config, listener, mirror, reconcile, resources, scaling
+from kubetasks.operator.runtime import Runtime
+from kubetasks.worker import db, queue
+from kubetasks.worker.registry import actor
+from kubetasks.worker.settings import Settings
+
+
+@actor(name="optest.mirror")
+def mirrored(**kwargs: object) -> object:
+    return kwargs
+
+
+class FakeKube:
+    """The subset of `kube.Kube` the operator uses, over dicts; records Events and scale changes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []  # (object name, type, reason)
+        self.scales: dict[tuple[str, str], int] = {}
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rv = itertools.count(1)
+
+    def put(self, kind: resources.Kind, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body.setdefault("metadata", {})
+        meta.setdefault("namespace", "ns")
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("generation", 1)
+        body.setdefault("apiVersion", resources.API_VERSION)
+        body.setdefault("kind", kind.kind)
+        self.objects[(kind.plural, meta["namespace"], meta["name"])] = body
+        return body
+
+    def get(self, kind: resources.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind.plural, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def list_objects(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        return [copy.deepcopy(o) for (plural, ns, _), o in sorted(self.objects.items())
+                if plural == kind.plural and ns == namespace
+                and (not key or (o["metadata"].get("labels") or {}).get(key) == value)]
+
+    def create(self, kind: resources.Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        existing = self.get(kind, namespace, body["metadata"]["name"])
+        if existing is not None:
+            return existing, False
+        return copy.deepcopy(self.put(kind, copy.deepcopy(body))), True
+
+    def delete(self, kind: resources.Kind, namespace: str, name: str) -> bool:
+        return self.objects.pop((kind.plural, namespace, name), None) is not None
+
+    def patch_status(self, kind: resources.Kind, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        body = self.objects.get((kind.plural, namespace, name))
+        if body is None:
+            return False
+        current = body.setdefault("status", {})
+        for key, value in status.items():  # a JSON merge patch, one level deep is all the operator needs
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        return True
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.deployments.get((namespace, name))
+        if found is None:
+            return None
+        return {**found, "spec": {**found["spec"], "replicas": self.scales[(namespace, name)]}}
+
+    def set_scale(self, namespace: str, name: str, replicas: int) -> None:
+        self.scales[(namespace, name)] = replicas
+
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((body["metadata"]["name"], type_, reason))
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    operator = config.OperatorSettings(resync_interval=timedelta(seconds=30),
+                                       notify_batch_delay=timedelta(milliseconds=10))
+    runtime = Runtime.create(settings, operator, api=FakeKube())  # type: ignore[arg-type]
+    yield runtime
+    runtime.close()
+
+
+def fake(rt: Runtime) -> FakeKube:
+    assert isinstance(rt.kube, FakeKube)
+    return rt.kube
+
+
+def finish(conn: db.Conn, task_id: int, state: str = "successful", reason: str = "Succeeded") -> None:
+    conn.execute("UPDATE kubetasks.tasks SET state = %s, reason = %s, attempts = 1, started_at = now(), "
+                 "finished_at = now(), updated_at = now() WHERE id = %s", (state, reason, task_id))
+
+
+def test_taskrun_gets_one_task_and_one_event_per_transition(rt: Runtime, conn: db.Conn) -> None:
+    kube = fake(rt)
+    body = kube.put(resources.TASKRUN, {"metadata": {"name": "job"}, "spec": {"actor": "optest.mirror"}})
+    mirror.reconcile_taskrun(rt, body)
+    mirror.reconcile_taskrun(rt, kube.get(resources.TASKRUN, "ns", "job") or {})  # a re-delivery
+    (task,) = queue.list_tasks(conn)
+    assert task.object_ref == f"taskrun/ns/job/{body['metadata']['uid']}"
+    status = kube.objects[("taskruns", "ns", "job")]["status"]
+    assert (status["state"], status["taskId"], status["conditions"][0]["reason"]) == ("queued", task.id, "Queued")
+    assert kube.events == [("job", "Normal", "Queued")]
+    finish(conn, task.id, "error", "TimedOut")
+    mirror.sync_task(rt, reconcile.task_views(conn, [task.id])[0])
+    cond = kube.objects[("taskruns", "ns", "job")]["status"]["conditions"][0]
+    assert (cond["status"], cond["reason"]) == ("False", "TimedOut")
+    assert kube.events[-1] == ("job", "Warning", "TimedOut")
+
+
+def test_rows_of_a_deleted_taskrun_never_touch_a_new_one_of_the_same_name(rt: Runtime, conn: db.Conn) -> None:
+    kube = fake(rt)
+    old = kube.put(resources.TASKRUN, {"metadata": {"name": "same"}, "spec": {"actor": "optest.mirror"}})
+    mirror.reconcile_taskrun(rt, old)
+    kube.delete(resources.TASKRUN, "ns", "same")
+    kube.put(resources.TASKRUN, {"metadata": {"name": "same"}, "spec": {"actor": "optest.mirror"}})
+    (task,) = queue.list_tasks(conn)
+    mirror.sync_task(rt, reconcile.task_views(conn, [task.id])[0])
+    assert "status" not in kube.objects[("taskruns", "ns", "same")]
+
+
+def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.Conn, settings: Settings) -> None:
+    kube = fake(rt)
+    schedule = kube.put(resources.SCHEDULE, {"metadata": {"name": "nightly"}, "spec": {
+        "actor": "optest.mirror", "schedule": "@daily", "successfulRunsHistoryLimit": 1,
+        "failedRunsHistoryLimit": 1}})
+    mirror.reconcile_schedule(rt, schedule)
+    ready = kube.objects[("schedules", "ns", "nightly")]["status"]["conditions"][0]
+    assert (ready["type"], ready["status"]) == ("Ready", "True")
+    runs = [queue.enqueue(conn, "optest.mirror", schedule_name="ns/nightly", settings=settings) for _ in range(3)]
+    finish(conn, runs[0].id)
+    finish(conn, runs[1].id)
+    mirror.sync_schedule(rt, "ns", "nightly")
+    names = sorted(n for (p, _, n) in kube.objects if p == "taskruns")
+    assert names == [f"nightly-{runs[1].id}", f"nightly-{runs[2].id}"]  # one success kept, plus the live run
+    child = kube.objects[("taskruns", "ns", f"nightly-{runs[2].id}")]
+    assert child["metadata"]["ownerReferences"][0]["uid"] == schedule["metadata"]["uid"]
+    assert child["status"]["state"] == "queued"
+    status = kube.objects[("schedules", "ns", "nightly")]["status"]
+    assert (status["active"], status["lastRunState"], status["lastRunName"]) == (
+        1, "queued", f"nightly-{runs[2].id}")
+    finish(conn, runs[2].id)
+    mirror.sync_schedule(rt, "ns", "nightly")
+    assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [f"nightly-{runs[2].id}"]
+
+
+def test_an_invalid_schedule_is_refused_once(rt: Runtime, conn: db.Conn) -> None:
+    kube = fake(rt)
+    body = kube.put(resources.SCHEDULE, {"metadata": {"name": "bad"}, "spec": {
+        "actor": "optest.mirror", "schedule": "@daily", "timeZone": "Nowhere/Land"}})
+    mirror.reconcile_schedule(rt, body)
+    mirror.reconcile_schedule(rt, body)
+    ready = kube.objects[("schedules", "ns", "bad")]["status"]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidTimeZone")
+    assert kube.events == [("bad", "Warning", "InvalidTimeZone")]
+    assert conn.execute("SELECT count(*) AS n FROM kubetasks.schedules").fetchone() == {"n": 0}
+
+
+def test_listener_mirrors_a_state_change_promptly(rt: Runtime, conn: db.Conn) -> None:
+    kube = fake(rt)
+    body = kube.put(resources.TASKRUN, {"metadata": {"name": "live"}, "spec": {"actor": "optest.mirror"}})
+    mirror.reconcile_taskrun(rt, body)
+    (task,) = queue.list_tasks(conn)
+    thread = listener.Listener(rt)
+    rt.start_thread(thread)
+    wait_for(lambda: thread.since is not None, timeout=10, what="the listener's first resync")
+    finish(conn, task.id)  # the trigger's NOTIFY is what wakes the listener; the resync is 30 s away
+    wait_for(lambda: kube.objects[("taskruns", "ns", "live")]["status"]["state"] == "successful", timeout=5,
+             interval=0.02, what="the LISTEN path")
+    assert kube.events[-1] == ("live", "Normal", "Succeeded")
+
+
+def test_one_autoscaling_pass(rt: Runtime, conn: db.Conn, settings: Settings) -> None:
+    kube = fake(rt)
+    kube.deployments[("ns", "workers")] = {"spec": {"template": {"spec": {"containers": [
+        {"name": "worker", "env": [{"name": "KUBETASKS_WORKER__THREADS", "value": "2"}]}]}}}}
+    kube.scales[("ns", "workers")] = 0
+    pool = kube.put(resources.WORKERPOOL, {"metadata": {"name": "pool"}, "spec": {
+        "scaleTargetRef": {"name": "workers"}, "queues": ["q"], "minReplicas": 0}})
+    for _ in range(3):
+        queue.enqueue(conn, "optest.mirror", queue="q", settings=settings)
+    status = autoscaler.step(rt, pool, scaling.Recommendations(), clock=100.0)
+    assert kube.scales[("ns", "workers")] == 2
+    assert (status["desired"], status["queued"], status["concurrency"]) == (2, 3, 2)
+    assert kube.events == [("pool", "Normal", "Scaled")]
+    missing = kube.put(resources.WORKERPOOL, {"metadata": {"name": "orphan"}, "spec": {
+        "scaleTargetRef": {"name": "nope"}}})
+    status = autoscaler.step(rt, missing, scaling.Recommendations())
+    assert status["conditions"][0]["reason"] == "TargetNotFound"
