@@ -38,7 +38,8 @@ WHERE t.id = ANY(%(ids)s::bigint[])"""
 
 # tasks_changed_since: the resync's safety net; rows mirrored onto custom resources changed since a cursor.
 TASKS_CHANGED_SINCE: Final[LiteralString] = _VIEW + """
-WHERE t.updated_at >= %(since)s AND (t.object_ref LIKE 'taskrun/%%' OR s.source = 'operator')
+WHERE t.updated_at >= %(since)s AND (t.object_ref IS NOT NULL OR t.schedule_name IS NOT NULL)
+  AND (t.object_ref LIKE 'taskrun/%%' OR s.source = 'operator')
 ORDER BY t.updated_at
 LIMIT %(limit)s"""
 

@@ -85,7 +85,8 @@ def ensure_task(conn: Conn, ref: str, spec: resources.TaskRunSpec, *, validate_a
             return queue.Task.from_row(row), False
         task = queue.enqueue(
             conn, spec.actor, spec.args, queue=spec.queue, eta=spec.run_at, priority=spec.priority,
-            max_retries=spec.retries.limit, time_limit=spec.time_limit_seconds, object_ref=ref,
+            max_retries=spec.retries.limit, time_limit=spec.time_limit_seconds,
+            retry_backoff=spec.retries.backoff_seconds, object_ref=ref,
             validate=validate_actor, settings=settings)
         return task, True
 

@@ -246,7 +246,7 @@ class Consumer:
     def _job(self, row: dict[str, Any]) -> Job:
         metrics.IN_PROGRESS.labels(row["actor"]).inc()
         return Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
-                   row["time_limit"], row["attempt_started_at"])
+                   row["time_limit"], row["attempt_started_at"], row["retry_backoff"])
 
     def _after_write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:
         loop = asyncio.get_running_loop()

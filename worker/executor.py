@@ -47,6 +47,7 @@ class Job:
     max_retries: int
     time_limit: float
     started_at: datetime
+    retry_backoff: float | None = None  # the task's own first retry delay, if it has one
     ctx: TaskContext = field(init=False)
     done: bool = False  # an outcome was handed over; later ones are dropped
     deadline: float | None = None  # monotonic time the time limit ends, set when execution starts
@@ -143,7 +144,7 @@ class Executor:
         if raised is not None and isinstance(raised, KeyboardInterrupt | SystemExit):
             raised = RuntimeError(f"task raised {type(raised).__name__}")
         outcome = policies.decide(job.ctx, returned=returned, raised=raised, now=datetime.now(UTC),
-                                  backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                                  backoff_base=job.retry_backoff or self.backoff_base, backoff_max=self.backoff_max,
                                   started_at=job.started_at, rng=self.rng)
         self._finish(job, outcome)
         with self.lock:

@@ -37,6 +37,7 @@ class Task:
     attempts: int
     max_retries: int
     time_limit: float
+    retry_backoff: float | None
     worker: str | None
     result: Any
     error: str | None
@@ -117,7 +118,7 @@ def _resolve(actor: str | registry.Actor, validate: bool) -> tuple[str, registry
 
 
 def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, eta: datetime | None,
-                priority: int | None, max_retries: int | None, time_limit: float | None,
+                priority: int | None, max_retries: int | None, time_limit: float | None, retry_backoff: float | None,
                 schedule_name: str | None, schedule_tick: datetime | None, object_ref: str | None,
                 dedup_key: str | None, validate: bool, settings: Settings) -> dict[str, Any]:
     name, declared = _resolve(actor, validate)
@@ -125,6 +126,8 @@ def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, et
         raise InvalidInput("max_retries", f"{max_retries} is negative", "use 0 or more")
     if time_limit is not None and not time_limit > 0:
         raise InvalidInput("time_limit", f"{time_limit} is not positive", "give seconds > 0")
+    if retry_backoff is not None and not retry_backoff > 0:
+        raise InvalidInput("retry_backoff", f"{retry_backoff} is not positive", "give seconds > 0, or None")
     if eta is not None and eta.tzinfo is None:
         raise InvalidInput("eta", "is a naive datetime", "give a timezone-aware datetime, e.g. in UTC")
     if dedup_key is not None and not 1 <= len(dedup_key) <= 512:
@@ -140,6 +143,7 @@ def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, et
                                         worker.task_max_retries) if v is not None),
         "time_limit": next(v for v in (time_limit, declared and declared.time_limit,
                                        worker.task_default_time_limit.total_seconds()) if v is not None),
+        "retry_backoff": retry_backoff if retry_backoff is not None else (declared and declared.retry_backoff),
         "schedule_name": schedule_name,
         "schedule_tick": schedule_tick,
         "object_ref": object_ref,
@@ -149,12 +153,14 @@ def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, et
 
 def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue: str | None = None,
             eta: datetime | None = None, priority: int | None = None, max_retries: int | None = None,
-            time_limit: float | None = None, dedup_key: str | None = None, schedule_name: str | None = None,
+            time_limit: float | None = None, retry_backoff: float | None = None, dedup_key: str | None = None,
+            schedule_name: str | None = None,
             schedule_tick: datetime | None = None, object_ref: str | None = None, validate: bool = True,
             settings: Settings | None = None) -> Task:
     """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`)."""
     params = _row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
-                         time_limit=time_limit, schedule_name=schedule_name, schedule_tick=schedule_tick,
+                         time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=schedule_name,
+                         schedule_tick=schedule_tick,
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
                          settings=settings or get_settings())
     params["args"] = Jsonb(json.loads(params["args"]))
@@ -176,7 +182,8 @@ def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[An
     """Bulk enqueue with COPY (no dedup keys, no eta); one notification per queue. Returns the count."""
     settings = settings or get_settings()
     template = _row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
-                           time_limit=time_limit, schedule_name=None, schedule_tick=None, object_ref=None,
+                           time_limit=time_limit, retry_backoff=None, schedule_name=None, schedule_tick=None,
+                           object_ref=None,
                            dedup_key=None, validate=validate, settings=settings)
     limit = settings.worker.args_max_bytes
     count = 0

@@ -25,6 +25,7 @@ class Actor:
     max_retries: int | None = None
     time_limit: float | None = None
     priority: int = 0
+    retry_backoff: float | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -48,8 +49,10 @@ def validate_queue(queue: str, field: str = "queue") -> str:
 
 
 def actor(name: str | None = None, *, queue: str = "default", max_retries: int | None = None,
-          time_limit: float | None = None, priority: int = 0) -> Callable[[Callable[P, R]], Actor]:
-    """Declare a function as an actor. `time_limit` is in seconds; None means the worker's default."""
+          time_limit: float | None = None, priority: int = 0,
+          retry_backoff: float | None = None) -> Callable[[Callable[P, R]], Actor]:
+    """Declare a function as an actor. `time_limit` and `retry_backoff` (the first retry's delay, doubling
+    after) are in seconds; None means the worker's settings."""
     if max_retries is not None and max_retries < 0:
         raise InvalidInput("max_retries", f"{max_retries} is negative", "use 0 or more")
     if time_limit is not None and time_limit <= 0:
@@ -57,7 +60,7 @@ def actor(name: str | None = None, *, queue: str = "default", max_retries: int |
 
     def register(fn: Callable[P, R]) -> Actor:
         actor_name = validate_name(name or f"{fn.__module__}.{fn.__qualname__}")
-        declared = Actor(actor_name, fn, validate_queue(queue), max_retries, time_limit, priority)
+        declared = Actor(actor_name, fn, validate_queue(queue), max_retries, time_limit, priority, retry_backoff)
         existing = _registry.get(actor_name)
         if existing is not None and existing.fn is not fn and _origin(existing.fn) != _origin(fn):
             raise InvalidInput("actor", f"{actor_name!r} is declared twice", "give each actor its own name")

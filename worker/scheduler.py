@@ -132,7 +132,8 @@ def enqueue_run(conn: Conn, row: dict[str, Any], settings: Settings, tick: datet
         with conn.transaction():  # a savepoint: a duplicate tick must not abort the caller's transaction
             return queue.enqueue(
                 conn, row["actor"], row["args"], queue=row["queue"], priority=row["priority"],
-                max_retries=row["max_retries"], time_limit=row["time_limit"], schedule_name=row["name"],
+                max_retries=row["max_retries"], time_limit=row["time_limit"], retry_backoff=row["retry_backoff"],
+                schedule_name=row["name"],
                 schedule_tick=tick, dedup_key=dedup_key(row["name"]) if row["deduplicate"] else None,
                 validate=False, settings=settings)
     except psycopg.errors.UniqueViolation:

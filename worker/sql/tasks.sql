@@ -3,10 +3,10 @@
 
 -- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
 WITH inserted AS (
-    INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit,
+    INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit, retry_backoff,
                                  schedule_name, schedule_tick, object_ref, dedup_key)
     VALUES (%(queue)s, %(actor)s, %(args)s, %(priority)s, coalesce(%(eta)s, now()), %(max_retries)s,
-            %(time_limit)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s)
+            %(time_limit)s, %(retry_backoff)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s)
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING
     RETURNING *, true AS created
 )
@@ -34,7 +34,8 @@ UPDATE kubetasks.tasks t
 SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.attempts + 1,
     started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
 FROM locked WHERE t.id = locked.id
-RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.queue, t.attempt_started_at;
+RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.retry_backoff, t.queue,
+          t.attempt_started_at;
 
 -- task_finish_many: record the outcome of many attempts of this worker, then release their advisory locks.
 -- A state of 'running' means "retry at eta": the task stays running, without a worker, until then.
@@ -96,7 +97,7 @@ WITH suspects AS MATERIALIZED (
         error = 'worker ' || t.worker || ' was lost during attempt ' || t.attempts,
         state = CASE WHEN t.attempts <= t.max_retries THEN 'running' ELSE 'error' END::kubetasks.task_state,
         finished_at = CASE WHEN t.attempts <= t.max_retries THEN NULL ELSE now() END,
-        eta = now() + least(make_interval(secs => %(backoff_base)s * 2 ^ (t.attempts - 1)),
+        eta = now() + least(make_interval(secs => coalesce(t.retry_backoff, %(backoff_base)s) * 2 ^ (t.attempts - 1)),
                             make_interval(secs => %(backoff_max)s))
     FROM lost WHERE t.id = lost.id
     RETURNING t.id, t.attempts, t.state, t.error, t.attempt_started_at, t.queue

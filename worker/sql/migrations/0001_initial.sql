@@ -43,6 +43,8 @@ CREATE TABLE kubetasks.tasks (
     attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_retries integer NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
     time_limit double precision NOT NULL DEFAULT 600 CHECK (time_limit > 0),
+    -- First retry delay in seconds (doubles each retry); NULL: the worker's KUBETASKS_WORKER__RETRY_BACKOFF_BASE.
+    retry_backoff double precision CHECK (retry_backoff > 0),
     -- The worker executing the current attempt; NULL between attempts and once finished.
     worker text,
     result jsonb,
@@ -73,7 +75,9 @@ CREATE UNIQUE INDEX tasks_schedule_tick ON kubetasks.tasks (schedule_name, sched
 CREATE INDEX tasks_by_schedule ON kubetasks.tasks (schedule_name, id) WHERE schedule_name IS NOT NULL;
 CREATE INDEX tasks_by_object ON kubetasks.tasks (object_ref, id) WHERE object_ref IS NOT NULL;
 CREATE INDEX tasks_finished ON kubetasks.tasks (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX tasks_by_update ON kubetasks.tasks (updated_at);
+-- The operator's resync of tasks mirrored onto custom resources; plain tasks never pay for it.
+CREATE INDEX tasks_mirrored_by_update ON kubetasks.tasks (updated_at)
+    WHERE object_ref IS NOT NULL OR schedule_name IS NOT NULL;
 
 -- One row per finished attempt that has something to tell (logs, an error, a retry).
 CREATE TABLE kubetasks.task_attempts (
