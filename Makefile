@@ -27,10 +27,13 @@ controlplane:
 demo: $(STAMP) postgres
 	$(BIN)/kubetasks dev -f examples/ --duration $(DEMO_SECONDS)
 
+# The control plane and helm are built from their Go modules once, then cached in ~/.cache/kubetasks.
 test: $(STAMP) postgres
 	@assets=$$(bash .ci/controlplane.sh 2>/tmp/kubetasks-controlplane-build.log) \
 	  && export KUBEBUILDER_ASSETS="$$assets" \
 	  || echo "control plane unavailable (see /tmp/kubetasks-controlplane-build.log): apiserver tests will skip"; \
+	helm=$$(bash charts/helm.sh 2>/tmp/kubetasks-helm-build.log) && export HELM="$$helm" \
+	  || echo "helm unavailable (see /tmp/kubetasks-helm-build.log): chart rendering tests will skip"; \
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -179,6 +179,21 @@ def worker(ctx: click.Context, processes: int | None, threads: int | None, queue
     sys.exit(runner.run(settings))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("kopf_args", nargs=-1, type=click.UNPROCESSED)
+def operator(kopf_args: tuple[str, ...]) -> None:
+    """Run the Kubernetes operator (Kopf): `kopf run -m kubetasks.operator.handlers --standalone`, plus
+    KOPF_ARGS (default: --all-namespaces). Needs the `operator` extra: pip install 'kubetasks[operator]'."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("kopf") is None:
+        fail("the operator needs Kopf: pip install 'kubetasks[operator]'")
+    args = list(kopf_args) or ["--all-namespaces"]
+    os.execv(sys.executable, [sys.executable, "-m", "kopf", "run", "-m", "kubetasks.operator.handlers",
+                              "--standalone", *args])
+
+
 # --- tasks ----------------------------------------------------------------------------------------------
 
 @main.group()

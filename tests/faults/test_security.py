@@ -67,7 +67,7 @@ def test_command_allow_list_cannot_be_bypassed_through_the_tasks_path(
     marker, bin_dir = tmp_path / "marker", tmp_path / "bin"
     bin_dir.mkdir()
     impostor = bin_dir / "echo"
-    impostor.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    impostor.write_text(f"#!/bin/sh\n{shutil.which('touch')} {marker}\n")
     impostor.chmod(0o755)
     workers(dsn, command_allowlist=["echo"])
     task_id = command(conn, ["echo", "hello"], env={"PATH": str(bin_dir)})
