@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import ledger
 from workers import WorkerProcess
 
-from faults import ledger
 from kubetasks.worker import pgserver
 
 ROWS = pytest.StashKey[list[dict[str, Any]]]()

@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import worker_actors
+from faults.conftest import FaultReport
 from psycopg import sql
 
-from faults.conftest import FaultReport
 from kubetasks.worker import db, manifests, queue, schedules
 from kubetasks.worker.errors import InvalidInput
 from kubetasks.worker.manifests import ScheduleSpec
@@ -124,7 +125,7 @@ def cli_refused(args: list[str], expected: list[str], env: dict[str, str] | None
     return f"exit {done.returncode}, missing {missing[:3]}, stdout {done.stdout.strip()[:80]!r}, stderr …{last[:160]!r}"
 
 
-def run_all(checks: dict[str, Callable[[], str]], parallel: int = 1) -> dict[str, str]:
+def run_all(checks: Mapping[str, Callable[[], str]], parallel: int = 1) -> dict[str, str]:
     with ThreadPoolExecutor(parallel) as pool:
         futures = {name: pool.submit(check) for name, check in checks.items()}
     return {name: problem for name, f in futures.items() if (problem := f.result())}
@@ -179,15 +180,14 @@ def test_bad_input_through_the_python_api_is_refused_naming_the_field(
                 "spec invalid cron": "spec.schedule", "spec invalid time zone": "spec.timeZone",
                 "spec missing actor": "spec.actor", "apply unknown actor": "spec.actor",
                 "apply args too large": "spec.args", "apply bad name": "name"}
-    tests = {name: (lambda c=call, e=expected.get(name, "args"): refused(c, e)) for name, call in checks.items()}
+    tests = {name: partial(refused, call, expected.get(name, "args")) for name, call in checks.items()}
     for path, field in malformed.items():
-        tests[f"manifest {path.name}"] = lambda p=path, f=field: refused(lambda: manifests.load_manifests(p),
-                                                                        f"{p}{f}")
+        tests[f"manifest {path.name}"] = partial(refused, partial(manifests.load_manifests, path), f"{path}{field}")
     for source, manifest in manifests.load_sources(unstorable):
         field = UNSTORABLE[Path(source.split("[")[0]).name][1].split(" ", 1)[1].rstrip(":")
         if field:
-            tests[f"apply {source}"] = lambda m=manifest, f=field: refused(
-                lambda: schedules.apply(conn, m.row_name, m.spec, settings=small), f)
+            tests[f"apply {source}"] = partial(refused, partial(schedules.apply, conn, manifest.row_name,
+                                                                manifest.spec, settings=small), field)
     before = snapshot(conn)
     problems = run_all(tests)
     after = snapshot(conn)
@@ -220,7 +220,7 @@ def test_bad_input_through_the_cli_exits_2_naming_the_field(
         "apply unstorable folder": (["apply", "-f", str(tmp_path / "unstorable"), "--module", "worker_actors"],
                                     [f"{p}{f}" for p, f in unstorable.items()], small),
     }
-    tests = {name: (lambda a=args, e=exp, v=env: cli_refused(a, e, v)) for name, (args, exp, env) in cases.items()}
+    tests = {name: partial(cli_refused, args, exp, env) for name, (args, exp, env) in cases.items()}
     before = snapshot(conn)
     problems = run_all(tests, parallel=3)
     after = snapshot(conn)
@@ -236,10 +236,12 @@ def test_hostile_strings_through_the_python_api_are_refused_naming_the_field(
     seed(conn)
 
     def enqueue(actor: str = "t.noop", args: Any = None, **kwargs: Any) -> Callable[[], object]:
-        return lambda: queue.enqueue(conn, actor, args or {}, validate=False, **kwargs)
+        return partial(queue.enqueue, conn, actor, args or {}, validate=False, **kwargs)
 
     def apply(name: str = "default/seeded", **fields: Any) -> Callable[[], object]:
-        return lambda: schedules.apply(conn, name, manifests.parse_spec(spec(**fields)))
+        def call() -> object:
+            return schedules.apply(conn, name, manifests.parse_spec(spec(**fields)))
+        return call
 
     checks: dict[str, tuple[Callable[[], object], str]] = {
         "actor with SQL": (enqueue(SQL_HOSTILE), "actor"),
@@ -257,12 +259,12 @@ def test_hostile_strings_through_the_python_api_are_refused_naming_the_field(
         "spec queue with trailing newline": (apply(queue="default\n"), "spec.queue"),
         "spec actor with trailing newline": (apply(actor="t.noop\n"), "spec.actor"),
         "spec args with a lone surrogate": (apply(args={"s": "\ud800"}), "spec.args"),
-        "manifest name with trailing newline": (lambda: manifests.parse_manifest(
-            {"apiVersion": manifests.API_VERSION, "kind": "Schedule", "metadata": {"name": "seeded\n"},
-             "spec": spec()}), "metadata.name"),
+        "manifest name with trailing newline": (partial(manifests.parse_manifest, {
+            "apiVersion": manifests.API_VERSION, "kind": "Schedule", "metadata": {"name": "seeded\n"},
+            "spec": spec()}), "metadata.name"),
     }
     before = snapshot(conn)
-    problems = run_all({name: (lambda c=call, f=field: refused(c, f)) for name, (call, field) in checks.items()})
+    problems = run_all({name: partial(refused, call, field) for name, (call, field) in checks.items()})
     after = snapshot(conn)
     report(fault_report, before, after, len(checks), problems, "hostile strings through the Python API")
     assert problems == {}
@@ -295,8 +297,7 @@ def test_hostile_strings_through_the_cli_are_refused_naming_the_field(
                              f"error: {folder / name}{field}") for name, (_, field) in files.items()},
     }
     before = snapshot(conn)
-    problems = run_all({name: (lambda a=args, e=exp: cli_refused(a, [e])) for name, (args, exp) in cases.items()},
-                       parallel=3)
+    problems = run_all({name: partial(cli_refused, args, [exp]) for name, (args, exp) in cases.items()}, parallel=3)
     after = snapshot(conn)
     report(fault_report, before, after, len(cases), problems, "hostile strings through the CLI")
     assert problems == {}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import ledger, probes
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger, probes
-from faults.conftest import FaultReport
 from kubetasks.worker import db, queue
 
 DEDUP_ENQUEUES = 100_000
@@ -81,7 +81,7 @@ def test_worker_memory_stays_flat_over_100k_tasks(
     def sample() -> bool:
         finished = ledger.finished(conn)
         samples.append((finished, probes.rss_kib(worker.pid)))
-        return finished == DISTINCT
+        return bool(finished == DISTINCT)
 
     started = time.monotonic()
     wait_for(sample, timeout=180, interval=0.5, what="100 000 tasks done")

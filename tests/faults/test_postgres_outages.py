@@ -7,15 +7,16 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import ledger, probes
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger, probes
-from faults.conftest import FaultReport
 from kubetasks.worker import db, pgserver, queue, schedules
 from kubetasks.worker.manifests import ScheduleSpec
 from kubetasks.worker.settings import get_settings
@@ -72,13 +73,13 @@ def test_postgres_restarted_twice_under_load_loses_nothing(
         queue.enqueue_many(conn, "t.sleep", ({"path": str(runs / str(i)), "seconds": LOAD_SECONDS}
                                              for i in range(LOAD)), time_limit=30)
 
-    def finished() -> int:
+    def progressed(count: float) -> bool:
         with db.connect(dsn) as c:  # a new connection each time: the server restarts in between
-            return ledger.finished(c, ["t.sleep"])
+            return ledger.finished(c, ["t.sleep"]) >= count
 
     recoveries = []
     for fraction in RESTART_AT:
-        wait_for(lambda f=fraction: finished() >= f * LOAD, timeout=60, interval=0.02,
+        wait_for(partial(progressed, fraction * LOAD), timeout=60, interval=0.02,
                  what=f"{fraction:.0%} of the load finished")
         server.stop("fast")
         wait_for(lambda: readiness() == [503, 503], timeout=15, what="both workers not ready while it is down")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors the schedules run
+from faults import ledger
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger
-from faults.conftest import FaultReport
 from kubetasks.worker import db, pgserver, scheduler, schedules
 from kubetasks.worker.manifests import ScheduleSpec
 from kubetasks.worker.settings import Settings

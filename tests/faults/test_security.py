@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import worker_actors  # noqa: F401 - declares the actors enqueued below (builtins: kubetasks.command)
+from faults import ledger, probes
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger, probes
-from faults.conftest import FaultReport
 from kubetasks.worker import builtins, db, pgserver, queue
-
 
 assert builtins.command.name == "kubetasks.command"
 
 
 def command(conn: db.Conn, argv: Any, **args: Any) -> int:
-    return queue.enqueue(conn, "kubetasks.command", {"argv": argv, **args}, max_retries=0).id
+    task_id: int = queue.enqueue(conn, "kubetasks.command", {"argv": argv, **args}, max_retries=0).id
+    return task_id
 
 
 def test_command_actor_runs_nothing_unless_allow_listed(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import ledger, probes
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger, probes
-from faults.conftest import FaultReport
 from kubetasks.worker import db, pgserver, queue
 
 

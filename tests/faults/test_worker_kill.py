@@ -6,20 +6,32 @@ explained by one of those WorkerLost attempts."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import ledger, probes
+from faults.conftest import FaultReport
 from waiting import wait_for
 from workers import WorkerProcess
 
-from faults import ledger, probes
-from faults.conftest import FaultReport
 from kubetasks.worker import db, queue
 
 TASKS = 1000
 TASK_SECONDS = 0.04  # 1 000 x 40 ms on 2 x 4 threads: ~5 s of work, long enough to kill three times in it
 KILL_AT = (0.15, 0.40, 0.65)  # fractions of tasks finished
+
+
+def progressed(conn: db.Conn, count: float) -> bool:
+    return ledger.finished(conn) >= count
+
+
+def holding(conn: db.Conn, worker: str) -> int:
+    """Attempts the worker named `worker` is executing (or has claimed) now."""
+    row = conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE worker = %s", (worker,)).fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 @pytest.mark.slow
@@ -34,12 +46,10 @@ def test_kill9_three_times_mid_batch_every_task_ends_once(
     victim = workers(dsn, threads=4)
     killed: list[tuple[int, int]] = []  # (task id, attempt) in flight in a killed process
     for fraction in KILL_AT:
-        wait_for(lambda f=fraction: ledger.finished(conn) >= f * TASKS, timeout=60, interval=0.01,
+        wait_for(partial(progressed, conn, fraction * TASKS), timeout=60, interval=0.01,
                  what=f"{fraction:.0%} of the tasks finished")
         name = probes.worker_name(victim.pid)
-        wait_for(lambda n=name: conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE worker = %s",
-                                             (n,)).fetchone()["n"], timeout=10, interval=0.005,  # type: ignore[index]
-                 what="the victim to hold attempts")
+        wait_for(partial(holding, conn, name), timeout=10, interval=0.005, what="the victim to hold attempts")
         victim.kill()
         killed += [(r["id"], r["attempts"]) for r in conn.execute(
             "SELECT id, attempts FROM kubetasks.tasks WHERE worker = %s", (name,))]
