@@ -1,14 +1,17 @@
 """Start a throwaway PostgreSQL server: for tests, `kubetasks dev`, and the benchmarks.
 
 It prefers Debian's PostgreSQL binaries (`/usr/lib/postgresql/<N>/bin`, or `initdb` on PATH) and
-falls back to the `pgserver` wheel when none exist. PostgreSQL refuses to run as root, so as root
-`initdb` and `pg_ctl` run through `runuser -u postgres` on a data directory owned by that user.
+falls back to the binaries inside the `pgserver` wheel when none exist. PostgreSQL refuses to run as
+root, so as root `initdb` and `pg_ctl` run through `runuser -u postgres` on a data directory owned by
+that user (created when missing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -38,7 +41,27 @@ def find_bindir() -> Path | None:
         if versions:
             return versions[0] / "bin"
     initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
+    if initdb:
+        return Path(initdb).resolve().parent
+    return wheel_bindir()
+
+
+def wheel_bindir() -> Path | None:
+    """The binaries shipped in the `pgserver` wheel (PostgreSQL 16), found without importing it."""
+    spec = importlib.util.find_spec("pgserver")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if (bindir / "initdb").exists():
+            return bindir
+    return None
+
+
+def _ensure_postgres_user() -> None:
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+                       check=True, capture_output=True)
 
 
 def free_port() -> int:
@@ -90,6 +113,7 @@ class LocalPostgres:
         self.datadir.mkdir(parents=True)
         self.sockdir.mkdir()
         if os.geteuid() == 0:
+            _ensure_postgres_user()
             shutil.chown(self.basedir, "postgres", "postgres")
             for path in (self.datadir, self.sockdir):
                 shutil.chown(path, "postgres", "postgres")
@@ -149,31 +173,17 @@ def install_debian_postgres() -> bool:
 
 @contextlib.contextmanager
 def embedded_postgres(install: bool = True) -> Iterator[str]:
-    """Yield a DSN of a private PostgreSQL that is gone afterwards.
-
-    Debian's binaries first (installed on demand as root), then the `pgserver` wheel.
-    """
+    """Yield a DSN of a private PostgreSQL that is gone afterwards: Debian's binaries (installed on demand
+    as root), else the ones in the `pgserver` wheel."""
     bindir = find_bindir()
     if bindir is None and install and install_debian_postgres():
         bindir = find_bindir()
-    if bindir is not None:
-        server = LocalPostgres(bindir)
-        try:
-            server.start()
-            yield server.dsn()
-        finally:
-            server.destroy()
-        return
-    try:
-        import pgserver
-    except ImportError as exc:
+    if bindir is None:
         raise PostgresUnavailable(
-            "no PostgreSQL found: install Debian's `postgresql` package or `pip install pgserver`"
-        ) from exc
-    datadir = Path(tempfile.mkdtemp(prefix="kubetasks-pgserver-"))
-    server = pgserver.get_server(datadir, cleanup_mode="stop")
+            "no PostgreSQL found: install Debian's `postgresql` package or `pip install pgserver`")
+    server = LocalPostgres(bindir)
     try:
-        yield str(server.get_uri())
+        server.start()
+        yield server.dsn()
     finally:
-        server.cleanup()
-        shutil.rmtree(datadir, ignore_errors=True)
+        server.destroy()
