@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py                      # everything, default sizes (--scale 0.05)
     .venv/bin/python bench/run.py --systems kubetasks,pgqueuer --scenarios 2,3 --runs 3 --scale 0.01
-    .venv/bin/python bench/run.py --json bench/results/out.json
+    .venv/bin/python bench/run.py --json /tmp/out.json
 
 Run `bench/setup.sh` first (the peers' virtualenv and node_modules). Prints a Markdown table (each
 system's median over the runs, and kubetasks/peer ratios) and writes JSON with every run.
@@ -62,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=8, help="slots (threads / async tasks) per process")
     p.add_argument("--timeout", type=float, default=0.0,
                    help="deadline of each wait, in seconds (default: 120 + tasks / 50)")
-    p.add_argument("--json", dest="json_path", help="write the results here")
+    p.add_argument("--budget-minutes", type=float, default=16.0,
+                   help="start no scenario run expected to end past this (0: no limit); runs left out "
+                        "are marked in the table (default 16, so `make bench` stays under 20 minutes)")
+    p.add_argument("--json", dest="json_path", default=str(BENCH / "results" / "latest.json"),
+                   help="write the results here (default: bench/results/latest.json)")
     p.add_argument("--work-dir", help="records and logs (default: bench/results/<timestamp>)")
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="extra PostgreSQL setting, the same for every system (repeatable)")
@@ -75,7 +79,7 @@ def log(message: str) -> None:
 
 def admin(server: LocalPostgres, statement: str) -> None:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 def drop_database(server: LocalPostgres, name: str) -> None:
@@ -130,6 +134,8 @@ class Suite:
         self.setup_s: dict[str, float] = {}
         self.durations: dict[tuple[str, str], float] = {}  # slowest run seen per (system, scenario)
         self.sched_lead: dict[str, float] = {}  # seconds from worker start to ready, padded
+        self.started = time.time()
+        self.skipped: list[str] = []  # scenario runs left out to stay within --budget-minutes
 
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -163,7 +169,7 @@ class Suite:
         sched = [(run, system, "6") for run in runs for system in ready if "6" in keys]
         while normal or sched:
             if not sched:
-                self.run_one(server, *normal.pop(0))
+                self.run_within_budget(server, *normal.pop(0), wait=0.0)
                 continue
             system = sched[0][1]
             if not system.has_scheduler:
@@ -175,10 +181,20 @@ class Suite:
             job = next((j for j in normal if self.estimate(j[1], j[2]) < start_at - now), None)
             if job is not None:
                 normal.remove(job)
-                self.run_one(server, *job)
+                self.run_within_budget(server, *job, wait=0.0)
                 continue
-            time.sleep(max(0.0, start_at - time.time()))
-            self.run_one(server, *sched.pop(0))
+            self.run_within_budget(server, *sched.pop(0), wait=max(0.0, start_at - now))
+
+    def run_within_budget(self, server: LocalPostgres, run: int, system: System, key: str, wait: float) -> None:
+        """Run one scenario run after `wait` seconds, unless it would end past the time budget."""
+        budget = self.args.budget_minutes * 60
+        expected = wait + self.estimate(system, key)
+        if budget and time.time() - self.started + expected > budget:
+            self.skipped.append(f"run {run} {system.name} scenario {key}")
+            log(f"run {run} {system.name:14} scenario {key:2}: skipped, it would end past --budget-minutes")
+            return
+        time.sleep(wait)
+        self.run_one(server, run, system, key)
 
     def estimate(self, system: System, key: str) -> float:
         """Expected seconds of one scenario run: the slowest seen so far (of this system, else of any
@@ -274,7 +290,8 @@ class Suite:
         if system in self.unavailable:
             return None, "not run", []
         if not runs:
-            return None, "not run", []
+            skipped = any(f" {system} scenario " in job for job in self.skipped)
+            return None, "skipped" if skipped else "not run", []
         for value in runs:
             if isinstance(value, str):
                 return None, value, runs
@@ -304,6 +321,7 @@ class Suite:
                      "systems": {s.name: {"label": s.label, "concurrency": s.concurrency_note,
                                           "schema_setup_s": self.setup_s.get(s.name)} for s in self.systems},
                      "unavailable": self.unavailable, "runs": self.args.runs,
+                     "skipped_for_budget": self.skipped,
                      "slots": {"processes": self.slots.processes, "threads": self.slots.threads},
                      "sizes": vars(self.sizes), "pg_settings": self.args.pg_setting,
                      "work_dir": str(self.work)},
@@ -325,6 +343,7 @@ class Suite:
             "| # | figure | unit | better | " + " | ".join(labels[n] for n in names) + " |",
             "|---|---|---|---|" + "---|" * len(names),
         ]
+        short = False
         for row in rows:
             cells = []
             for name in names:
@@ -333,6 +352,9 @@ class Suite:
                     cells.append(cell["status"])
                     continue
                 text = format_value(cell["median"])
+                if len(cell["runs"]) < self.args.runs:
+                    text += " †"
+                    short = True
                 ratio = row["ratio_kubetasks_over"].get(name)
                 if ratio is not None:
                     text += f" ({ratio:.2f}x)"
@@ -340,6 +362,9 @@ class Suite:
             better = "higher" if row["higher_is_better"] else "lower"
             lines.append(f"| {row['scenario']} | {row['figure']} | {row['unit']} | {better} | "
                          + " | ".join(cells) + " |")
+        if short:
+            lines.append(f"\n† median of fewer than {self.args.runs} runs: the others were left out to stay "
+                         "within --budget-minutes (see skipped_for_budget in the JSON).")
         if "4" in self.scenarios and any(not SYSTEMS[n].keeps_finished for n in names):
             gone = ", ".join(n for n in names if not SYSTEMS[n].keeps_finished)
             lines.append(f"\nScenario 4: {gone} delete finished jobs, so only their queued backlog was added.")

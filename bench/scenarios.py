@@ -121,22 +121,36 @@ class Records:
         return sum(1 for i in range(n) if str(i) in self.first)
 
 
+STALL_SECONDS = 60.0  # no progress for this long fails a wait early (e.g. a worker erroring in a loop)
+
+
 def wait_for(what: str, check: Callable[[], bool], deadline: float, groups: list[WorkerGroup],
-             interval: float = 0.05) -> float:
-    """Poll `check` until true; return the time it was seen. Worker deaths and the deadline raise."""
+             interval: float = 0.05, progress: Callable[[], object] | None = None) -> float:
+    """Poll `check` until true; return the time it was seen.
+
+    Worker deaths, the deadline, and (given `progress`) no change of `progress()` for STALL_SECONDS raise.
+    """
+    last, moved = None, time.time()
     while True:
         for group in groups:
             group.check_alive()
             group.sample()
         if check():
             return time.time()
-        if time.time() > deadline:
+        now = time.time()
+        if now > deadline:
             raise Timeout(f"timed out waiting for {what}")
+        if progress is not None:
+            current = progress()
+            if current != last:
+                last, moved = current, now
+            elif now - moved > STALL_SECONDS:
+                raise Timeout(f"no progress for {STALL_SECONDS:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
 def pending(conn: psycopg.Connection[Any], system: System) -> int:
-    row = conn.execute(system.pending_sql).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(system.pending_sql).fetchone()
     return int(row[0]) if row else -1
 
 
@@ -147,10 +161,16 @@ def drain(env: Env, n: int, t0: float, group: WorkerGroup, records: Records) -> 
     """
     deadline = t0 + env.timeout
     wait_for("all tasks to start", lambda: records.poll() >= n and records.count_tasks(n) == n,
-             deadline, [group])
+             deadline, [group], progress=lambda: len(records.times))
     with psycopg.connect(env.ctx.dsn, autocommit=True) as conn:
-        return wait_for("the queue to drain (COUNT = 0)", lambda: pending(conn, env.system) == 0,
-                        deadline, [group], interval=0.02)
+        left = [-1]
+
+        def drained() -> bool:
+            left[0] = pending(conn, env.system)
+            return left[0] == 0
+
+        return wait_for("the queue to drain (COUNT = 0)", drained, deadline, [group], interval=0.02,
+                        progress=lambda: left[0])
 
 
 def scenario_enqueue_and_drain(env: Env) -> dict[str, Any]:
@@ -230,7 +250,8 @@ def scenario_deep(env: Env) -> dict[str, Any]:
     t0 = time.time()
     group = env.start_workers()
     k = sizes.deep_work
-    wait_for(f"{k} tasks off the deep backlog", lambda: records.poll() >= k, t0 + env.timeout, [group])
+    wait_for(f"{k} tasks off the deep backlog", lambda: records.poll() >= k, t0 + env.timeout, [group],
+             progress=lambda: len(records.times))
     group.sample(every=0)
     times = sorted(records.times)[:k]
     span = times[-1] - times[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import os
+import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -119,11 +120,20 @@ def command(argv: Sequence[str], timeout: float = 60.0, cwd: str | None = None,
                         f"KUBETASKS_WORKER__COMMAND_ALLOWLIST='{listed}' (exact argv[0] match)")
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise TaskError(f"kubetasks.command: timeout {timeout!r} must be a positive number of seconds")
+    # The program is looked up on the worker's own PATH, never the task's, and run by absolute path:
+    # a task must not be able to put another `echo` first on the PATH or preload a library into it.
+    unsafe = sorted(k for k in (env or {}) if k == "PATH" or k.startswith(("LD_", "DYLD_")))
+    if unsafe:
+        raise TaskError(f"kubetasks.command: env may not set {', '.join(unsafe)}; the worker's PATH is used "
+                        "and loader variables are refused")
+    executable = shutil.which(argv[0], path=os.environ.get("PATH", os.defpath))
+    if executable is None:
+        raise TaskError(f"kubetasks.command: {argv[0]!r} was not found on the worker's PATH")
     child_env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
     child_env.update({str(k): str(v) for k, v in (env or {}).items()})
-    log.info("running %s", list(argv))
+    log.info("running %s (%s)", list(argv), executable)
     try:
-        done = subprocess.run(list(argv), shell=False, capture_output=True, text=True, errors="replace",
+        done = subprocess.run([executable, *argv[1:]], shell=False, capture_output=True, text=True, errors="replace",
                               timeout=timeout, cwd=cwd, env=child_env, check=False)
     except FileNotFoundError as exc:
         raise TaskError(f"kubetasks.command: {argv[0]!r} was not found on the worker: {exc}") from exc

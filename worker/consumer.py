@@ -227,21 +227,24 @@ class Consumer:
         except BaseException:
             self.outcomes.extendleft(reversed(batch))  # written after reconnecting
             raise
+        # Only now is the claim committed (the pipeline's sync): run nothing that might still roll back.
+        for row in claimed:
+            self.executor.submit(self._job(row))
         self._after_write(batch)
         for queue in self.queues[1:]:  # the other queues, in order of preference, while slots remain
             if len(claimed) >= free:
                 break
-            claimed += await self._claim(queue, free - len(claimed))
+            more = await self._claim(queue, free - len(claimed))  # committed on return (autocommit)
+            for row in more:
+                self.executor.submit(self._job(row))
+            claimed += more
         self.claimed_total += len(claimed)
         return len(claimed)
 
     async def _claim(self, queue: str, limit: int) -> list[dict[str, Any]]:
         assert self.work is not None
         cur = await self.work.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
-        rows = await cur.fetchall()
-        for row in rows:
-            self.executor.submit(self._job(row))
-        return rows
+        return await cur.fetchall()
 
     def _job(self, row: dict[str, Any]) -> Job:
         metrics.IN_PROGRESS.labels(row["actor"]).inc()

@@ -37,7 +37,7 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 CRON_FIX = ("use 5 fields 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *', "
             "or one of " + ", ".join(CRON_MACROS) + "; quote it in YAML")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ACTOR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,255}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -195,7 +195,7 @@ class ObjectMeta(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _DNS_SUBDOMAIN.match(value):
+        if not _DNS_SUBDOMAIN.fullmatch(value):
             raise _custom("name", f"{value!r} is not a valid name",
                           "use up to 253 lowercase letters, digits, '-' and '.', starting and ending "
                           "with a letter or digit")
@@ -204,7 +204,7 @@ class ObjectMeta(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
+        if not _DNS_LABEL.fullmatch(value):
             raise _custom("namespace", f"{value!r} is not a valid namespace",
                           "use up to 63 lowercase letters, digits and '-', starting and ending "
                           "with a letter or digit")
@@ -235,7 +235,7 @@ def schedule_name(namespace: str, name: str) -> str:
 def check_schedule_name(name: str, field: str = "name") -> str:
     """Refuse a stored schedule name that is not '<namespace>/<name>' in Kubernetes spelling."""
     namespace, _, short = name.partition("/") if isinstance(name, str) else ("", "", "")
-    if not (_DNS_LABEL.match(namespace) and _DNS_SUBDOMAIN.match(short)):
+    if not (_DNS_LABEL.fullmatch(namespace) and _DNS_SUBDOMAIN.fullmatch(short)):
         raise InvalidInput(field, f"{name!r} is not a schedule name",
                            "write '<namespace>/<name>' in lowercase letters, digits and '-', "
                            "e.g. 'default/nightly-report'")

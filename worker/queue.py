@@ -87,7 +87,11 @@ def encode_args(args: Any, limit: int, field: str = "args") -> str:
                            "pass only dicts, lists, strings, numbers, booleans and null") from exc
     if "\\u0000" in text and _contains_nul(args):
         raise InvalidInput(field, "contains a NUL character, which PostgreSQL cannot store", "remove it")
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(field, f"is not valid UTF-8 text ({exc.reason} at position {exc.start})",
+                           "remove lone surrogates such as '\\ud800' from strings") from exc
     if size > limit:
         raise InvalidInput(field, f"is {size} bytes of JSON, more than the limit of {limit}",
                            "store large payloads elsewhere and pass a reference, "
@@ -132,6 +136,8 @@ def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, et
         raise InvalidInput("eta", "is a naive datetime", "give a timezone-aware datetime, e.g. in UTC")
     if dedup_key is not None and not 1 <= len(dedup_key) <= 512:
         raise InvalidInput("dedup_key", "must be 1 to 512 characters long", "shorten or hash it")
+    if dedup_key is not None and (_contains_nul(dedup_key) or not dedup_key.isprintable()):
+        raise InvalidInput("dedup_key", "contains control characters", "use printable text, or hash it")
     worker = settings.worker
     return {
         "actor": name,

@@ -37,7 +37,9 @@ class FaultReport:
     def record(self, tally: ledger.Tally | None = None, notes: str = "", **counts: int) -> None:
         if tally is not None:
             self.row.update({k: v for k, v in tally.counts().items() if k in COLUMNS})
-            extra = {k: v for k, v in tally.counts().items() if k not in COLUMNS and v}
+            extra: dict[str, object] = {k: v for k, v in tally.counts().items() if k not in COLUMNS and v}
+            if tally.duplicated_ids:
+                extra["duplicated task ids"] = tally.duplicated_ids[:10]
             notes = "; ".join(filter(None, [", ".join(f"{k}={v}" for k, v in extra.items()), notes]))
         self.row.update(counts)
         self.row["notes"] = notes

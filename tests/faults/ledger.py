@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,10 @@ class Tally:
     reruns: int = 0  # executions beyond one per task
     worker_lost: int = 0  # task_attempts rows with reason WorkerLost
     never_ran: int = 0  # tasks that succeeded without an execution on record
+    duplicated_ids: list[int] = field(default_factory=list)  # tasks behind `duplicated`, to look at
 
     def counts(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "duplicated_ids"}
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -79,11 +80,13 @@ def tally(conn: db.Conn, actors: Sequence[str], enqueued: int, runs: Mapping[str
     result = Tally(enqueued=enqueued, executions=sum(runs.values()))
     explained: collections.Counter[str] = collections.Counter()
     tasks_of: collections.Counter[str] = collections.Counter()
+    ids_of: dict[str, list[int]] = collections.defaultdict(list)
     succeeded_keys: set[str] = set()
     final = 0
     for row in conn.execute(_ROWS, {"actors": list(actors)}):
         name = key(row["args"])
         tasks_of[name] += 1
+        ids_of[name].append(row["id"])
         # A task's executions are its final attempt plus every attempt recorded as lost or retried,
         # and never more than the attempts it was claimed for.
         explained[name] += min(row["attempts"], 1 + row["reran"])
@@ -96,7 +99,9 @@ def tally(conn: db.Conn, actors: Sequence[str], enqueued: int, runs: Mapping[str
         elif row["state"] in ("error", "cancelled"):
             result.failed += 1
     result.lost = enqueued - final
-    result.duplicated = sum(max(0, count - explained[name]) for name, count in runs.items())
+    over = {name: count - explained[name] for name, count in runs.items() if count > explained[name]}
+    result.duplicated = sum(over.values())
+    result.duplicated_ids = sorted(i for name in over for i in ids_of[name])
     result.reruns = sum(max(0, count - tasks_of[name]) for name, count in runs.items())
     result.never_ran = sum(1 for name in succeeded_keys if runs.get(name, 0) == 0)
     return result
@@ -118,3 +123,23 @@ def finished(conn: db.Conn, actors: Sequence[str] | None = None) -> int:
                        {"actors": list(actors) if actors is not None else None}).fetchone()
     assert row is not None
     return int(row["n"])
+
+
+def executing(conn: db.Conn, worker: str | None = None) -> int:
+    """Attempts claimed now (by `worker`, or by anyone): rows that have a worker."""
+    row = conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE worker IS NOT NULL"
+                       " AND (%(worker)s::text IS NULL OR worker = %(worker)s)", {"worker": worker}).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def explain(conn: db.Conn, task_ids: Sequence[int]) -> str:
+    """The rows of some tasks and of their attempts, for an assertion message."""
+    lines = []
+    for row in conn.execute("SELECT id, state::text, reason, attempts, worker, error FROM kubetasks.tasks"
+                            " WHERE id = ANY(%s) ORDER BY id", (list(task_ids),)):
+        lines.append(f"task {row}")
+        lines += [f"  attempt {a}" for a in conn.execute(
+            "SELECT attempt, state::text, reason, worker, started_at, finished_at, error"
+            " FROM kubetasks.task_attempts WHERE task_id = %s ORDER BY attempt", (row["id"],))]
+    return "\n".join(lines)

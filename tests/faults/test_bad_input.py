@@ -98,7 +98,8 @@ def snapshot(conn: db.Conn) -> dict[str, list[Any]]:
 
 
 def refused(call: Callable[[], object], expected: str) -> str:
-    """'' when `call` raises InvalidInput whose message names `expected`; else what happened instead."""
+    """'' when `call` raises InvalidInput whose message names `expected` (a field, then ':'); else what
+    happened instead."""
     try:
         call()
     except InvalidInput as exc:
@@ -180,11 +181,11 @@ def test_bad_input_through_the_python_api_is_refused_naming_the_field(
                 "spec invalid cron": "spec.schedule", "spec invalid time zone": "spec.timeZone",
                 "spec missing actor": "spec.actor", "apply unknown actor": "spec.actor",
                 "apply args too large": "spec.args", "apply bad name": "name"}
-    tests = {name: partial(refused, call, expected.get(name, "args")) for name, call in checks.items()}
+    tests = {name: partial(refused, call, expected.get(name, "args") + ":") for name, call in checks.items()}
     for path, field in malformed.items():
         tests[f"manifest {path.name}"] = partial(refused, partial(manifests.load_manifests, path), f"{path}{field}")
     for source, manifest in manifests.load_sources(unstorable):
-        field = UNSTORABLE[Path(source.split("[")[0]).name][1].split(" ", 1)[1].rstrip(":")
+        field = UNSTORABLE[Path(source.split("[")[0]).name][1].split(" ", 1)[1]
         if field:
             tests[f"apply {source}"] = partial(refused, partial(schedules.apply, conn, manifest.row_name,
                                                                 manifest.spec, settings=small), field)
@@ -264,7 +265,7 @@ def test_hostile_strings_through_the_python_api_are_refused_naming_the_field(
             "spec": spec()}), "metadata.name"),
     }
     before = snapshot(conn)
-    problems = run_all({name: partial(refused, call, field) for name, (call, field) in checks.items()})
+    problems = run_all({name: partial(refused, call, field + ":") for name, (call, field) in checks.items()})
     after = snapshot(conn)
     report(fault_report, before, after, len(checks), problems, "hostile strings through the Python API")
     assert problems == {}

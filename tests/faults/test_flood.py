@@ -19,7 +19,7 @@ from kubetasks.worker import db, queue
 
 DEDUP_ENQUEUES = 100_000
 DEDUP_CONNECTIONS = 4
-DEDUP_SECONDS = 30.0  # cap: on a slow machine the flood stops here and the report says how far it got
+DEDUP_SECONDS = 25.0  # cap: on a slow machine the flood stops here and the report says how far it got
 DISTINCT = 100_000
 RSS_SLACK_KIB = 8 * 1024  # growth tolerated between 10 % and 100 % processed (allocator noise)
 

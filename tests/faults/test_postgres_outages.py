@@ -51,8 +51,7 @@ def test_postgres_restarted_twice_under_load_loses_nothing(
     monkeypatch.setenv("KUBETASKS_DATABASE__URL", dsn)
     get_settings.cache_clear()
     http = [metrics_port(), metrics_port()]
-    for overrides in http:
-        workers(dsn, threads=4, scheduler_interval="0.3", **overrides)
+    procs = [workers(dsn, threads=4, scheduler_interval="0.3", **overrides) for overrides in http]
     bases = [base_url(o) for o in http]
 
     def readiness() -> list[int]:
@@ -97,14 +96,49 @@ def test_postgres_restarted_twice_under_load_loses_nothing(
         load = ledger.tally(conn, ["t.sleep"], LOAD, ledger.start_runs(runs), ledger.by_path)
         scheduled = ledger.tally(conn, ["t.record"], len(fired), ledger.record_runs(ticks),
                                  lambda args: str(args["value"]))
+        details = ledger.explain(conn, (load + scheduled).duplicated_ids[:5])
     total = load + scheduled
     fault_report.record(total, notes=f"2 fast restarts, 2 workers; {len(fired)} schedule ticks fired; "
                         f"ready again {', '.join(f'{s:.1f}s' for s in recoveries)} after each start")
-    assert (total.lost, total.duplicated, total.never_ran, total.failed) == (0, 0, 0, 0)
+    logs = "\n".join(line for p in procs for line in p.output().splitlines()
+                     if any(str(i) in line for i in total.duplicated_ids[:5]) or "taken over" in line)
+    assert (total.lost, total.duplicated, total.never_ran, total.failed) == (0, 0, 0, 0), f"{details}\n{logs}"
     assert [row for row in fired if row["n"] != 1] == []
     fired_ticks = {(row["schedule_name"], row["schedule_tick"]) for row in fired}
     assert set(staggered.items()) <= fired_ticks, "a staggered tick did not fire"
     assert load.reruns <= load.worker_lost
+
+
+KILLS = 40
+
+
+@pytest.mark.slow
+def test_worker_connections_terminated_repeatedly_under_load_every_task_once(
+        dsn: str, conn: db.Conn, tmp_path: Path, workers: Callable[..., WorkerProcess],
+        fault_report: FaultReport) -> None:
+    """The same fault as a restart, but only for the workers' own connections and many times over
+    (pg_terminate_backend): each loss must be ridden out without running a task twice unexplained."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    queue.enqueue_many(conn, "t.sleep", ({"path": str(runs / str(i)), "seconds": LOAD_SECONDS}
+                                         for i in range(LOAD)), time_limit=30)
+    procs = [workers(dsn, threads=4) for _ in range(2)]
+    terminated = 0
+    for _ in range(KILLS):
+        wait_for(lambda: ledger.executing(conn) > 0 or ledger.unfinished(conn) == 0, timeout=20, interval=0.01,
+                 what="attempts in flight")
+        terminated += len(list(conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name LIKE 'kubetasks-worker %'")))
+        time.sleep(0.15)  # let the workers reconnect and claim again: the next loss must hit them busy
+    wait_for(lambda: ledger.unfinished(conn) == 0, timeout=60, interval=0.1, what="every task final")
+    tally = ledger.tally(conn, ["t.sleep"], LOAD, ledger.start_runs(runs), ledger.by_path)
+    details = ledger.explain(conn, tally.duplicated_ids[:3])
+    dropped = sum(p.output().count("taken over while the database was away") for p in procs)
+    fault_report.record(tally, notes=f"{terminated} worker connections terminated in {KILLS} rounds; "
+                        f"'taken over' warnings: {dropped}")
+    assert (tally.lost, tally.duplicated, tally.never_ran, tally.failed) == (0, 0, 0, 0), details
+    assert tally.reruns <= tally.worker_lost
 
 
 # --- case 3 ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from kubetasks.worker.manifests import ScheduleSpec
 from kubetasks.worker.settings import Settings
 
 SCHEDULES = 150
-ROUNDS = 20
+ROUNDS = 12
 CRON = "0 0 1 1 *"  # never due on its own during the test: the only ticks are the rounds set below
 
 

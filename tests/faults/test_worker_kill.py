@@ -27,13 +27,6 @@ def progressed(conn: db.Conn, count: float) -> bool:
     return ledger.finished(conn) >= count
 
 
-def holding(conn: db.Conn, worker: str) -> int:
-    """Attempts the worker named `worker` is executing (or has claimed) now."""
-    row = conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE worker = %s", (worker,)).fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
 @pytest.mark.slow
 def test_kill9_three_times_mid_batch_every_task_ends_once(
         dsn: str, conn: db.Conn, tmp_path: Path, workers: Callable[..., WorkerProcess],
@@ -49,7 +42,7 @@ def test_kill9_three_times_mid_batch_every_task_ends_once(
         wait_for(partial(progressed, conn, fraction * TASKS), timeout=60, interval=0.01,
                  what=f"{fraction:.0%} of the tasks finished")
         name = probes.worker_name(victim.pid)
-        wait_for(partial(holding, conn, name), timeout=10, interval=0.005, what="the victim to hold attempts")
+        wait_for(partial(ledger.executing, conn, name), timeout=10, interval=0.005, what="the victim to hold attempts")
         victim.kill()
         killed += [(r["id"], r["attempts"]) for r in conn.execute(
             "SELECT id, attempts FROM kubetasks.tasks WHERE worker = %s", (name,))]
