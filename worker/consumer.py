@@ -31,6 +31,8 @@ from kubetasks.worker.settings import Settings
 log = logging.getLogger(__name__)
 
 FLUSH_BATCH = 1000
+PREFETCH_SECONDS = 0.05
+PREFETCH_MAX_PER_THREAD = 32
 AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
 
 
@@ -61,7 +63,8 @@ class Consumer:
         worker = settings.worker
         self.queues = list(dict.fromkeys(worker.queues))
         # Claimed ahead of free threads: bigger batches per round trip when tasks are short.
-        self.capacity = worker.threads + (worker.threads if worker.prefetch is None else worker.prefetch)
+        self.threads = worker.threads
+        self.prefetch = worker.prefetch  # None: adapt to how long tasks take
         self.listen_timeout = worker.consumer_listen_timeout.total_seconds()
         self.executor = Executor(worker.threads, self._on_outcome,
                                  backoff_base=worker.retry_backoff_base.total_seconds(),
@@ -77,7 +80,18 @@ class Consumer:
         self.listen: AsyncConn | None = None
         self.claimed_total = 0
         self.backlog = False
-        self.min_batch = max(1, self.capacity // 2)
+
+    def capacity(self) -> int:
+        """Tasks this process holds at once: its threads plus those claimed ahead of them. Unless set, the
+        prefetch covers about PREFETCH_SECONDS of work at the observed task duration: many for tiny tasks
+        (bigger batches per round trip), none for long ones (other workers get them instead)."""
+        if self.prefetch is not None:
+            return self.threads + self.prefetch
+        duration = self.executor.mean_duration
+        if duration is None:
+            return 2 * self.threads
+        auto = int(self.threads * PREFETCH_SECONDS / max(duration, 1e-6))
+        return self.threads + min(auto, PREFETCH_MAX_PER_THREAD * self.threads)
 
     # -- called from task threads -------------------------------------------------------------------
     def _on_outcome(self, job: Job, outcome: policies.Outcome) -> None:
@@ -170,10 +184,11 @@ class Consumer:
                               len(self.executor.abandoned))
                     self.stopping.set()
                     break
-                free = self.capacity - len(self.executor.inflight)
+                capacity = self.capacity()
+                free = capacity - len(self.executor.inflight)
                 # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
                 claim = free > 0 and self.wake.is_set() and (
-                    not self.backlog or free >= self.min_batch or not self.executor.inflight)
+                    not self.backlog or free >= capacity // 2 or not self.executor.inflight)
                 if claim:
                     self.wake.clear()
                     claimed = await self._exchange(free)

@@ -96,6 +96,7 @@ class Executor:
         self.rng = random.Random()
         self._count = 0
         self.watchdog = Watchdog(self)
+        self.mean_duration: float | None = None  # moving average of execution time, seconds
 
     @property
     def needs_restart(self) -> bool:
@@ -127,6 +128,7 @@ class Executor:
             job.deadline = time.monotonic() + job.time_limit
             thread.current = job
         context.bind(job.ctx)
+        began = time.monotonic()
         returned: Any = None
         raised: BaseException | None = None
         try:
@@ -141,6 +143,9 @@ class Executor:
         finally:
             context.bind(None)
             self._detach(thread)
+        took = time.monotonic() - began
+        mean = self.mean_duration
+        self.mean_duration = took if mean is None else mean + 0.05 * (took - mean)
         if raised is not None and isinstance(raised, KeyboardInterrupt | SystemExit):
             raised = RuntimeError(f"task raised {type(raised).__name__}")
         outcome = policies.decide(job.ctx, returned=returned, raised=raised, now=datetime.now(UTC),

@@ -61,8 +61,8 @@ class WorkerSettings(BaseModel):
         timedelta(seconds=25), description="On SIGTERM, how long running tasks may finish before they are "
         "requeued; keep it below the pod's terminationGracePeriodSeconds.")
     prefetch: int | None = Field(
-        None, ge=0, description="Tasks claimed ahead of free threads, so short tasks are claimed in bigger batches "
-        "(default: as many as threads; 0 for long tasks that other workers should get instead).")
+        None, ge=0, description="Tasks claimed ahead of free threads. Default: adaptive, about 50 ms of work at "
+        "the observed task duration (big batches for tiny tasks, none for long ones); 0 disables it.")
     args_max_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON encoding of a task's args.")
     abandoned_threads_limit: int = Field(
         8, ge=1, description="Threads stuck past their time limit before the process restarts itself.")

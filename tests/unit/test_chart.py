@@ -110,6 +110,7 @@ def test_operator_rules_are_least_privilege() -> None:
     assert verbs[("apps", "deployments")] == {"get"}  # scaled through /scale only, never edited
     assert verbs[("apps", "deployments/scale")] == {"get", "patch"}
     assert verbs[("", "events")] == {"create"}
+    assert verbs[("", "namespaces")] == {"list", "watch"}  # Kopf follows the namespaces it serves
     for plural in ("schedules", "taskruns", "workerpools"):
         assert "update" not in verbs[("kubetasks.dev", plural)]  # status and finalizers only, never spec
         assert verbs[("kubetasks.dev", f"{plural}/status")] == {"get", "patch"}
