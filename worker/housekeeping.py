@@ -45,6 +45,11 @@ def fire_schedules(conn: db.Conn, settings: Settings) -> int:
     return len(scheduler.fire_due(conn, settings))
 
 
+def seconds_until_next_schedule(conn: db.Conn) -> float | None:
+    row = conn.execute(queries.get("schedule_next_due")).fetchone()
+    return None if row is None or row["seconds"] is None else float(row["seconds"])
+
+
 @dataclass
 class Job:
     name: str
@@ -90,6 +95,11 @@ class Housekeeper(threading.Thread):
                     if now >= job.next_at and not self.stopping.is_set():
                         job.next_at = now + job.interval
                         self._run_job(job, conn)
+                        if job.name == "scheduler":
+                            # Sleep until the next schedule is due rather than a whole interval: on time.
+                            due = seconds_until_next_schedule(conn)
+                            if due is not None:
+                                job.next_at = min(job.next_at, time.monotonic() + max(0.05, due))
                 wait = min(job.next_at for job in self.jobs) - time.monotonic()
                 self.stopping.wait(max(0.05, wait))
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -193,3 +193,16 @@ def test_housekeeping_purges_expired_tasks_on_a_timer_even_when_busy(
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE id=%s", (old.id,)
                                   ).fetchone() == {"n": 0}, what="expired task purged")
     assert queue.get_task(conn, busy.id).state == "running"
+
+
+def test_scheduler_wakes_when_the_next_schedule_is_due_not_a_whole_interval_later(
+        conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
+    from kubetasks.worker import schedules
+    from kubetasks.worker.manifests import ScheduleSpec
+
+    schedules.apply(conn, "default/soon", ScheduleSpec(actor="t.noop", schedule="* * * * *"))
+    # Due in 3 s: a worker that started before then must fire it then, not at its next 60 s interval.
+    conn.execute("UPDATE kubetasks.schedules SET next_run = now() + interval '3 seconds'")
+    start_worker(scheduler_interval="60")
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE schedule_name='default/soon'"
+                                  ).fetchone() == {"n": 1}, timeout=8, what="the run, well before 60 s")

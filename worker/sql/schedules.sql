@@ -90,3 +90,6 @@ WITH ranked AS (
 )
 DELETE FROM kubetasks.tasks t USING ranked r
 WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN %(keep_successful)s ELSE %(keep_failed)s END;
+
+-- schedule_next_due: seconds until the earliest unpaused schedule is due, so schedulers wake right then.
+SELECT extract(epoch FROM min(next_run) - now())::float8 AS seconds FROM kubetasks.schedules WHERE NOT paused;
