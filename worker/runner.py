@@ -1,8 +1,8 @@
 """`kubetasks worker`: run the consumer, housekeeping and the HTTP endpoints, in one or several processes.
 
-Concurrency of a replica = processes × threads. With one process everything runs here; with several,
-this process supervises children (restarting any that die, with backoff) and serves their metrics
-aggregated through prometheus-client's multiprocess mode.
+Concurrency of a replica = processes × threads. The first process always works; with several, it also
+starts the others, restarts any that die (with backoff) and serves their metrics aggregated through
+prometheus-client's multiprocess mode. No idle supervisor process, so memory is spent on workers only.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from multiprocessing.process import BaseProcess
 
 import psycopg
 
@@ -55,9 +55,10 @@ def _configure_logging() -> None:
                             stream=sys.stderr)
 
 
-def run_process(settings: Settings, *, serve_http: bool = True) -> int:
-    """One worker process: consumer + housekeeping (+ HTTP when it is the only process)."""
-    from prometheus_client import REGISTRY
+def run_process(settings: Settings, *, serve_http: bool = True, children: Children | None = None) -> int:
+    """One worker process: consumer + housekeeping, plus HTTP when it serves the replica's endpoints.
+    With `children`, it also supervises the replica's other processes and aggregates their metrics."""
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
     from kubetasks.worker import consumer, housekeeping, http, metrics
 
@@ -67,100 +68,135 @@ def run_process(settings: Settings, *, serve_http: bool = True) -> int:
     keeper = housekeeping.Housekeeper(settings)
     server = None
     if serve_http and settings.worker.metrics_port:
-        REGISTRY.register(metrics.DatabaseCollector(settings.database.url))
-        server = http.serve(settings.worker.metrics_host, settings.worker.metrics_port, REGISTRY,
-                            healthz=lambda: (health.alive(60), "consumer loop turning"),
+        exposed = REGISTRY
+        if children is not None:
+            exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+        exposed.register(metrics.DatabaseCollector(settings.database.url))
+        everyone_alive = children.alive if children is not None else (lambda: True)
+        server = http.serve(settings.worker.metrics_host, settings.worker.metrics_port, exposed,
+                            healthz=lambda: (health.alive(60) and everyone_alive(), "worker loops turning"),
                             readyz=lambda: (health.ready, health.reason))
+
+    def stop() -> None:
+        worker.stop()
+        if children is not None:
+            children.terminate()  # Kubernetes signals only the container's first process: pass it on
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
         return await worker.run()
 
     keeper.start()
+    if children is not None:
+        children.start()
     try:
         return asyncio.run(main())
     finally:
         keeper.stop()
+        if children is not None:
+            children.stop(timeout=settings.worker.shutdown_timeout.total_seconds() + 5)
         if server is not None:
             server.shutdown()
 
 
-def _child_main(settings_json: str) -> None:
+SETTINGS_ENV = "KUBETASKS_RUNNER_SETTINGS"  # how a child process receives the replica's settings
+
+
+def child_main() -> None:
+    """Entry point of the replica's extra worker processes."""
     _die_with_parent()
     _configure_logging()
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
     sys.exit(run_process(settings, serve_http=False))
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the supervisor dies, so no orphan keeps running tasks."""
+    """Ask Linux to SIGKILL this process when its parent dies, so no orphan keeps running tasks."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    if os.getppid() == 1:  # the parent died before we asked
+        os._exit(1)
 
 
-def supervise(settings: Settings) -> int:
-    """Run `processes` children; restart the ones that exit unexpectedly; stop them all on SIGTERM."""
-    from prometheus_client import CollectorRegistry, multiprocess
+class Children:
+    """The replica's extra worker processes (the first process works too): started, restarted with backoff when
+    they die, stopped with SIGTERM. Plain subprocesses, so no multiprocessing helper process costs memory."""
 
-    from kubetasks.worker import http, metrics
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.env = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.restart_at: list[float] = [0.0] * count
+        self.backoff: list[float] = [0.5] * count
+        self.stopping = threading.Event()
+        self.monitor = threading.Thread(target=self._watch, name="kubetasks-children", daemon=True)
 
-    metrics_dir = tempfile.mkdtemp(prefix="kubetasks-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    ctx = multiprocessing.get_context("spawn")
-    children: dict[int, BaseProcess] = {}
-    restarts: dict[int, float] = {}
-    stopping = False
+    def start(self) -> None:
+        for index in range(len(self.procs)):
+            self._spawn(index)
+        self.monitor.start()
 
-    def start(index: int) -> None:
-        proc = ctx.Process(target=_child_main, args=(settings.model_dump_json(),), name=f"kubetasks-worker-{index}")
-        proc.start()
-        children[index] = proc
+    def _spawn(self, index: int) -> None:
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-c", "from kubetasks.worker.runner import child_main; child_main()"], env=self.env)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in children.values():
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+    def alive(self) -> bool:
+        return all(p is not None and p.poll() is None for p in self.procs)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if settings.worker.metrics_port:
-        aggregated = CollectorRegistry()
-        multiprocess.MultiProcessCollector(aggregated)  # type: ignore[no-untyped-call]
-        aggregated.register(metrics.DatabaseCollector(settings.database.url))
-        http.serve(settings.worker.metrics_host, settings.worker.metrics_port, aggregated,
-                   healthz=lambda: (all(p.is_alive() for p in children.values()), "children alive"),
-                   readyz=lambda: (any(p.is_alive() for p in children.values()), "children alive"))
-    for index in range(settings.worker.processes):
-        start(index)
-    while not stopping:
-        time.sleep(0.2)
-        for index, proc in list(children.items()):
-            if proc.is_alive() or stopping:
+    def _watch(self) -> None:
+        from prometheus_client import multiprocess
+
+        while not self.stopping.wait(0.2):
+            now = time.monotonic()
+            for index, proc in enumerate(self.procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                if self.restart_at[index] == 0.0:
+                    multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                    delay = 0.0 if proc.returncode == RESTART_ME else self.backoff[index]
+                    self.backoff[index] = min(30.0, self.backoff[index] * 2)
+                    log.warning("worker process %s exited with %s; restarting in %.1fs", proc.pid, proc.returncode,
+                                delay)
+                    self.restart_at[index] = now + delay
+                elif now >= self.restart_at[index] and not self.stopping.is_set():
+                    self.restart_at[index] = 0.0
+                    self._spawn(index)
+
+    def terminate(self) -> None:
+        self.stopping.set()
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float) -> None:
+        self.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            if proc is None:
                 continue
-            code = proc.exitcode
-            multiprocess.mark_process_dead(proc.pid or 0)  # type: ignore[no-untyped-call]
-            delay = 0.0 if code == RESTART_ME else min(30.0, 2 * restarts.get(index, 0.5))
-            log.warning("worker process %s exited with %s; restarting in %.1fs", proc.pid, code, delay)
-            restarts[index] = max(delay, 0.5)
-            time.sleep(delay)
-            start(index)
-    for proc in children.values():
-        proc.join(30)
-    return 0
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def run(settings: Settings) -> int:
-    """Entry point of `kubetasks worker`."""
+    """Entry point of `kubetasks worker`: processes × threads in this replica, the first process included.
+    Exits with 75 when threads stuck past their time limit call for a fresh process."""
     _configure_logging()
     wait_for_database(settings)
-    if settings.worker.processes == 1:
-        code = run_process(settings)
-        return 0 if code == RESTART_ME else code  # a lone process restarts by exiting; its supervisor restarts it
-    return supervise(settings)
+    children = None
+    if settings.worker.processes > 1:
+        # Counters of all processes are aggregated through files; this must precede the metrics import.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kubetasks-metrics-"))
+        if "kubetasks.worker.metrics" in sys.modules:
+            log.warning("metrics were imported before the worker started: this process's counters are not "
+                        "aggregated with the others'")
+        children = Children(settings, settings.worker.processes - 1)
+    return run_process(settings, children=children)

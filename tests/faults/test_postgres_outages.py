@@ -88,6 +88,10 @@ def test_postgres_restarted_twice_under_load_loses_nothing(
         recoveries.append(time.monotonic() - started)
     with db.connect(dsn) as conn:
         wait_for(lambda: ledger.unfinished(conn, ["t.sleep"]) == 0, timeout=90, interval=0.1, what="load done")
+        # Every staggered tick is due by now (the last one may still lie ahead when the load finishes early).
+        last_tick = max(staggered.values())
+        wait_for(lambda: conn.execute("SELECT now() > %s AS due", (last_tick,)).fetchone() == {"due": True},
+                 timeout=30, what="the last staggered tick to come due")
         wait_for(lambda: conn.execute("SELECT count(*) AS n FROM kubetasks.schedules WHERE next_run <= now()"
                                       ).fetchone() == {"n": 0}, timeout=30, what="every staggered tick fired")
         wait_for(lambda: ledger.unfinished(conn) == 0, timeout=30, what="scheduled runs done")
