@@ -62,7 +62,7 @@ def test_time_limit_enforced_on_tasks_that_ignore_it_and_worker_stays_healthy(
 
 
 @pytest.mark.slow
-def test_too_many_stuck_threads_lone_process_exits_0_and_a_replacement_finishes_the_work(
+def test_too_many_stuck_threads_lone_process_exits_75_and_a_replacement_finishes_the_work(
         dsn: str, conn: db.Conn, tmp_path: Path, workers: Callable[..., WorkerProcess],
         fault_report: FaultReport) -> None:
     out = tmp_path / "out"
