@@ -17,10 +17,9 @@ from typing import Any, NoReturn
 
 import click
 import psycopg
-import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from kubetasks.worker import db, manifests, queue, registry, schedules
+from kubetasks.worker import db, queue, registry
 from kubetasks.worker.errors import InvalidInput, KubetasksError
 from kubetasks.worker.settings import Settings, get_settings
 
@@ -114,6 +113,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def schedule_key(name: str) -> str:
     """Accept 'name' for 'default/name', as kubectl does."""
+    from kubetasks.worker import manifests  # lazy: `kubetasks worker` starts faster
+
     return name if "/" in name else manifests.schedule_name("default", name)
 
 
@@ -434,6 +435,8 @@ def schedules_group() -> None:
 @click.pass_context
 def schedules_list(ctx: click.Context, as_json: bool) -> None:
     """Every schedule with its next and last runs."""
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     with connect(ctx) as conn:
         rows = schedules.list_schedules(conn)
     if as_json:
@@ -455,6 +458,10 @@ def schedules_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def schedules_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """One schedule: its spec, state and recent runs."""
+    import yaml
+
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     key = schedule_key(name)
     with connect(ctx) as conn:
         row = schedules.get(conn, key)
@@ -482,6 +489,8 @@ def schedules_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def schedules_pause(ctx: click.Context, name: str) -> None:
     """Stop starting runs until resumed."""
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     with connect(ctx) as conn:
         schedules.pause(conn, schedule_key(name))
     click.echo(f"{schedule_key(name)} paused")
@@ -492,6 +501,8 @@ def schedules_pause(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_resume(ctx: click.Context, name: str) -> None:
     """Resume: start one run now, then follow the schedule again."""
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     with connect(ctx) as conn:
         row = schedules.resume(conn, schedule_key(name), settings=_settings(ctx))
     ran = f"task {row['task_id']} started" if row["task_created"] else f"task {row['task_id']} still live"
@@ -503,6 +514,8 @@ def schedules_resume(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_trigger(ctx: click.Context, name: str) -> None:
     """Start one run now (also while paused); the schedule's timing is unchanged."""
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     with connect(ctx) as conn:
         task = schedules.trigger(conn, schedule_key(name), settings=_settings(ctx))
     click.echo(f"task {task.id} queued" if task.created
@@ -514,6 +527,8 @@ def schedules_trigger(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_delete(ctx: click.Context, name: str) -> None:
     """Delete a schedule; its past runs are kept until purged."""
+    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+
     with connect(ctx) as conn:
         schedules.delete(conn, schedule_key(name))
     click.echo(f"{schedule_key(name)} deleted")
@@ -529,6 +544,7 @@ def schedules_delete(ctx: click.Context, name: str) -> None:
 def apply_cmd(ctx: click.Context, paths: tuple[Path, ...], modules: tuple[str, ...], no_validate_actors: bool,
               dry_run: bool) -> None:
     """Create or update schedules from manifests. Nothing is stored unless every document is valid."""
+
     settings = _settings(ctx)
     if not no_validate_actors:
         load_actor_modules(settings, modules)
@@ -540,6 +556,8 @@ def apply_cmd(ctx: click.Context, paths: tuple[Path, ...], modules: tuple[str, .
 def apply_manifests(ctx: click.Context, paths: list[Path], *, validate_actors: bool, dry_run: bool = False,
                     ) -> list[tuple[str, str]]:
     """Validate every manifest, then apply all of them in one transaction; [(name, action)]."""
+    from kubetasks.worker import manifests, schedules  # lazy: `kubetasks worker` starts faster
+
     settings = _settings(ctx)
     loaded = manifests.load_sources(paths)
     errors: list[InvalidInput] = []

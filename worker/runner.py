@@ -17,18 +17,24 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from kubetasks.worker import db, registry
 from kubetasks.worker.settings import Settings
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from kubetasks.worker.consumer import Health
+
 log = logging.getLogger(__name__)
 
 RESTART_ME = 75  # exit code of a child that wants a fresh process (threads stuck past their time limit)
 
 
-def wait_for_database(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+def wait_for_database(settings: Settings, health: Health | None = None) -> None:
     """Block until the database answers and the schema is current, logging why while it does not."""
     backoff = 0.5
     url = settings.database.url
@@ -42,7 +48,10 @@ def wait_for_database(settings: Settings, stopping: asyncio.Event | None = None)
         except psycopg.OperationalError as exc:
             host = psycopg.conninfo.conninfo_to_dict(url).get("host", "?")
             port = psycopg.conninfo.conninfo_to_dict(url).get("port", "5432")
-            log.error("cannot reach PostgreSQL at %s:%s (%s); retrying in %.0fs — check "
+            if health is not None:
+                health.beat()  # alive, just waiting: /healthz stays green, /readyz says why not ready
+                health.reason = f"cannot reach PostgreSQL at {host}:{port}"
+            log.error("cannot reach PostgreSQL at %s:%s (%s); retrying in %.1fs — check "
                       "KUBETASKS_DATABASE__URL and that the server is up",
                       host, port, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, backoff)
             time.sleep(backoff)
@@ -55,28 +64,35 @@ def _configure_logging() -> None:
                             stream=sys.stderr)
 
 
-def run_process(settings: Settings, *, serve_http: bool = True, children: Children | None = None) -> int:
-    """One worker process: consumer + housekeeping, plus HTTP when it serves the replica's endpoints.
-    With `children`, it also supervises the replica's other processes and aggregates their metrics."""
+def serve_http(settings: Settings, health: Health, children: Children | None) -> WSGIServer | None:
+    """/metrics, /healthz and /readyz of the replica, served by its first process."""
     from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
-    from kubetasks.worker import consumer, housekeeping, http, metrics
+    from kubetasks.worker import http, metrics
+
+    if not settings.worker.metrics_port:
+        return None
+    exposed = REGISTRY
+    if children is not None:
+        exposed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+    exposed.register(metrics.DatabaseCollector(settings.database.url))
+    everyone_alive = children.alive if children is not None else (lambda: True)
+    return http.serve(settings.worker.metrics_host, settings.worker.metrics_port, exposed,
+                      healthz=lambda: (health.alive(60) and everyone_alive(), "worker loops turning"),
+                      readyz=lambda: (health.ready, health.reason))
+
+
+def run_process(settings: Settings, *, health: Health | None = None, children: Children | None = None,
+                server: WSGIServer | None = None) -> int:
+    """One worker process: consumer + housekeeping. With `children`, it also supervises the replica's other
+    processes; `server` (its HTTP endpoints) is shut down when it ends."""
+    from kubetasks.worker import consumer, housekeeping
 
     registry.load_modules(settings.worker.modules)
-    health = consumer.Health()
+    health = health or consumer.Health()
     worker = consumer.Consumer(settings, health)
     keeper = housekeeping.Housekeeper(settings)
-    server = None
-    if serve_http and settings.worker.metrics_port:
-        exposed = REGISTRY
-        if children is not None:
-            exposed = CollectorRegistry()
-            multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
-        exposed.register(metrics.DatabaseCollector(settings.database.url))
-        everyone_alive = children.alive if children is not None else (lambda: True)
-        server = http.serve(settings.worker.metrics_host, settings.worker.metrics_port, exposed,
-                            healthz=lambda: (health.alive(60) and everyone_alive(), "worker loops turning"),
-                            readyz=lambda: (health.ready, health.reason))
 
     def stop() -> None:
         worker.stop()
@@ -110,7 +126,7 @@ def child_main() -> None:
     _die_with_parent()
     _configure_logging()
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-    sys.exit(run_process(settings, serve_http=False))
+    sys.exit(run_process(settings))
 
 
 def _die_with_parent() -> None:
@@ -189,8 +205,9 @@ class Children:
 def run(settings: Settings) -> int:
     """Entry point of `kubetasks worker`: processes × threads in this replica, the first process included.
     Exits with 75 when threads stuck past their time limit call for a fresh process."""
+    from kubetasks.worker.consumer import Health
+
     _configure_logging()
-    wait_for_database(settings)
     children = None
     if settings.worker.processes > 1:
         # Counters of all processes are aggregated through files; this must precede the metrics import.
@@ -199,4 +216,8 @@ def run(settings: Settings) -> int:
             log.warning("metrics were imported before the worker started: this process's counters are not "
                         "aggregated with the others'")
         children = Children(settings, settings.worker.processes - 1)
-    return run_process(settings, children=children)
+    health = Health()
+    health.reason = "waiting for the database"
+    server = serve_http(settings, health, children)  # before the database: probes answer while we wait
+    wait_for_database(settings, health)
+    return run_process(settings, health=health, children=children, server=server)

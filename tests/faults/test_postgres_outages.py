@@ -157,7 +157,9 @@ def test_postgres_unreachable_at_start_worker_waits_then_runs(
     wait_for(lambda: worker.output().count(f"cannot reach PostgreSQL at {where}") >= 3, timeout=20,
              what="the worker to log three attempts naming host:port")
     assert worker.proc.poll() is None, "the worker must keep waiting, not exit"
+    # Probes answer while it waits: alive (no restart loop), not ready (no traffic), and saying why.
     health_while_waiting = probes.status(base_url(http) + "/healthz")
+    assert (health_while_waiting, probes.status(base_url(http) + "/readyz")) == (200, 503)
     line = next(x for x in worker.output().splitlines() if where in x)
     server.start()
     started = time.monotonic()
@@ -169,7 +171,7 @@ def test_postgres_unreachable_at_start_worker_waits_then_runs(
         wait_for(lambda: queue.get_task(conn, task.id).state == "successful", what="a task to run")
         tally = ledger.tally(conn, ["t.record"], 1, ledger.record_runs(out), ledger.by_value)
     fault_report.record(tally, notes=f"ready {ready_after:.1f}s after the server started; /healthz while "
-                        f"waiting: {health_while_waiting or 'no listener'}; log: {line.split(': ', 1)[-1][:90]}")
+                        f"waiting: {health_while_waiting} (readyz 503); log: {line.split(': ', 1)[-1][:90]}")
     assert (tally.succeeded, tally.lost, tally.duplicated) == (1, 0, 0)
     assert "KUBETASKS_DATABASE__URL" in line and "Connection refused" in worker.output()
     assert "Traceback" not in worker.output()
