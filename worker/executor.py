@@ -11,6 +11,8 @@ restarted.
 from __future__ import annotations
 
 import ctypes
+import functools
+import inspect
 import logging
 import queue
 import random
@@ -36,6 +38,26 @@ def _raise_in(thread_id: int, exc_type: type[BaseException]) -> None:
 
 def _clear_in(thread_id: int) -> None:
     _set_async_exc(ctypes.c_ulong(thread_id), ctypes.c_void_p(None))  # NULL clears a pending exception
+
+
+@functools.cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none: let the call itself decide
+        return None
+
+
+def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -> None:
+    """Arguments that do not fit the actor's signature fail the task at once instead of being retried."""
+    signature = _signature(actor.fn)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InvalidInput("args", f"do not fit {actor.name}{signature}: {exc}",
+                           "enqueue it with arguments its function accepts") from None
 
 
 @dataclass
@@ -135,8 +157,10 @@ class Executor:
             if job.ctx.stop.is_set():
                 raise job.ctx.stop_reason()
             actor = registry.get(job.actor)
-            returned = actor.fn(**job.args) if isinstance(job.args, dict) else actor.fn(*job.args)
-        except InvalidInput as exc:  # unknown actor here: retrying on this worker would fail the same way
+            args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
+            _check_arguments(actor, args, kwargs)
+            returned = actor.fn(*args, **kwargs)
+        except InvalidInput as exc:  # unknown actor or wrong arguments: every retry would fail the same way
             raised = context.TaskError(str(exc))
         except BaseException as exc:
             raised = exc

@@ -206,3 +206,13 @@ def test_scheduler_wakes_when_the_next_schedule_is_due_not_a_whole_interval_late
     start_worker(scheduler_interval="60")
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE schedule_name='default/soon'"
                                   ).fetchone() == {"n": 1}, timeout=8, what="the run, well before 60 s")
+
+
+def test_arguments_that_do_not_fit_the_actor_fail_at_once_without_retries(
+        conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
+    start_worker()
+    task = queue.enqueue(conn, "t.fail", {"unexpected": 1}, max_retries=5)
+    wait_for(lambda: queue.get_task(conn, task.id).state == "error", what="the task to fail")
+    final = queue.get_task(conn, task.id)
+    assert (final.attempts, final.reason) == (1, "Failed")
+    assert "args: do not fit t.fail()" in (final.error or "") and "unexpected" in (final.error or "")
