@@ -78,7 +78,6 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.work: AsyncConn | None = None
         self.listen: AsyncConn | None = None
-        self.claimed_total = 0
         self.backlog = False
 
     def capacity(self) -> int:
@@ -253,7 +252,6 @@ class Consumer:
             for row in more:
                 self.executor.submit(self._job(row))
             claimed += more
-        self.claimed_total += len(claimed)
         return len(claimed)
 
     async def _claim(self, queue: str, limit: int) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 LOG_LIMIT = 64 * 1024  # characters kept per attempt; the tail wins
 
@@ -172,6 +172,3 @@ def install() -> None:
     sys.stderr = _TaskStream(sys.stderr)
     time.sleep = _cancellable_sleep  # type: ignore[assignment]
 
-
-def jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool | list | dict)

@@ -74,7 +74,3 @@ def migrate(dsn_or_conn: str | Conn) -> list[str]:
             conn.close()
     return applied
 
-
-def pending(conn: Conn) -> list[str]:
-    done = applied_versions(conn)
-    return [m.name for m in migrations() if m.version not in done]

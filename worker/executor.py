@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kubetasks.worker import context, policies, registry
@@ -238,10 +238,9 @@ class Executor:
         self.watchdog.stop()
         for _ in self.threads:
             self.jobs.put(None)
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+        deadline = time.monotonic() + timeout
         for thread in list(self.threads):
-            remaining = (deadline - datetime.now(UTC)).total_seconds()
-            thread.join(max(0.0, remaining))
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Watchdog(threading.Thread):

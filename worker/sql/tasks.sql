@@ -73,10 +73,6 @@ ON CONFLICT (task_id, attempt) DO UPDATE
 SET state = EXCLUDED.state, reason = EXCLUDED.reason, error = EXCLUDED.error, log = EXCLUDED.log,
     finished_at = EXCLUDED.finished_at;
 
--- lock_release_many: release this session's advisory locks (attempts given up after a reconnection).
-SELECT count(*) FILTER (WHERE pg_advisory_unlock(7011, (id & 2147483647)::int)) AS released
-FROM unnest(%(ids)s::bigint[]) AS id;
-
 -- task_rescue: running tasks whose worker no longer holds the advisory lock (process killed, connection lost):
 -- retry them after a backoff while retries remain, else fail them. The transaction-level lock taken here
 -- proves nobody holds the session lock, and keeps claimers away until commit.
