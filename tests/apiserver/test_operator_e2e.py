@@ -76,25 +76,28 @@ def _env(dsn: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_operator(dsn: str, kubeconfig: Path, workdir: Path, name: str = "operator") -> Process:
+def start_operator(dsn: str, kubeconfig: Path, workdir: Path, name: str = "operator",
+                   namespace: str | None = None) -> Process:
+    """The real operator process, watching every namespace or only `namespace`."""
     port = free_port()
     env = _env(dsn, KUBECONFIG=str(kubeconfig),
                KUBETASKS_OPERATOR__SCHEDULE_SYNC_INTERVAL="2", KUBETASKS_OPERATOR__RESYNC_INTERVAL="5",
                KUBETASKS_OPERATOR__SCHEDULER_INTERVAL="1")
     # cwd is a temp dir: the repository root must never be on sys.path (its operator/ shadows the stdlib).
-    proc = Process([str(BIN / "kopf"), "run", "-m", "kubetasks.operator.handlers", "--all-namespaces",
+    scope = f"--namespace={namespace}" if namespace else "--all-namespaces"
+    proc = Process([str(BIN / "kopf"), "run", "-m", "kubetasks.operator.handlers", scope,
                     "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"], env, workdir / f"{name}.log",
                    workdir)
 
     def healthy() -> bool:
-        assert proc.alive(), f"operator exited:\n{proc.output()[-3000:]}"
+        assert proc.alive(), f"operator {name} exited:\n{proc.output()[-3000:]}"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
 
-    wait_for(healthy, timeout=60, interval=0.2, what="the operator's liveness endpoint")
+    wait_for(healthy, timeout=60, interval=0.2, what=f"operator {name}'s liveness endpoint")
     return proc
 
 

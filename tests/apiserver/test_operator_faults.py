@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane, Kubectl, free_port
+from controlplane import ControlPlane, Kubectl
 from kubernetes import client
 from test_operator_e2e import (
     BIN,
@@ -36,6 +35,7 @@ from test_operator_e2e import (
     listed,
     schedule,
     sql,
+    start_operator,
     status_of,
     taskrun,
 )
@@ -58,32 +58,6 @@ _databases = itertools.count()
 
 
 # -- processes --------------------------------------------------------------------------------------------
-
-
-def start_operator(dsn: str, kubeconfig: Path, workdir: Path, name: str, namespace: str) -> Process:
-    """test_operator_e2e.start_operator, but watching one namespace (`--namespace`, not `--all-namespaces`).
-
-    Run it with the admin kubeconfig: under the chart's ClusterRole (which test_operator_e2e.py proves for
-    --all-namespaces) Kopf cannot list namespaces and retries that for about a minute before it starts.
-    """
-    port = free_port()
-    env = _env(dsn, KUBECONFIG=str(kubeconfig),
-               KUBETASKS_OPERATOR__SCHEDULE_SYNC_INTERVAL="2", KUBETASKS_OPERATOR__RESYNC_INTERVAL="5",
-               KUBETASKS_OPERATOR__SCHEDULER_INTERVAL="1")
-    proc = Process([str(BIN / "kopf"), "run", "-m", "kubetasks.operator.handlers", f"--namespace={namespace}",
-                    "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"], env, workdir / f"{name}.log",
-                   workdir)
-
-    def healthy() -> bool:
-        assert proc.alive(), f"operator {name} exited:\n{proc.output()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    wait_for(healthy, timeout=60, interval=0.2, what=f"operator {name}'s liveness endpoint")
-    return proc
 
 
 def start_worker(dsn: str, workdir: Path, name: str, **extra: str) -> Process:
