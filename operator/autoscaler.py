@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetasks.operator import reconcile, resources, scaling, status
-from kubetasks.operator.runtime import Runtime
+from . import reconcile, resources, scaling, status
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 

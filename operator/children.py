@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetasks.operator import reconcile, resources
+from . import reconcile, resources
 
 
 def owner_reference(schedule: Mapping[str, Any]) -> dict[str, Any]:

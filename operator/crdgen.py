@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kubetasks.operator import resources
+from . import resources
 
 # Keys of apiextensions/v1 JSONSchemaProps we emit; anything else pydantic produces is dropped or refused.
 _KEPT = {

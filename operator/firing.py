@@ -13,8 +13,9 @@ import threading
 
 import psycopg
 
-from kubetasks.operator.runtime import Runtime
 from kubetasks.worker import scheduler
+
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 

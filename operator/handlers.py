@@ -17,8 +17,8 @@ from typing import Any
 
 import kopf
 
-from kubetasks.operator import autoscaler, config, firing, listener, mirror, resources, scaling
-from kubetasks.operator.runtime import Runtime
+from . import autoscaler, config, firing, listener, mirror, resources, scaling
+from .runtime import Runtime
 
 FINALIZER = f"{resources.GROUP}/finalizer"
 _op = config.get_operator_settings()

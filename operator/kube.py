@@ -20,7 +20,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubetasks.operator import resources
+from . import resources
 
 log = logging.getLogger(__name__)
 COMPONENT = "kubetasks-operator"

@@ -25,12 +25,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from kubetasks.operator import mirror, reconcile
-from kubetasks.operator.runtime import Runtime
+from kubetasks.worker import protocol
+
+from . import mirror, reconcile
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
-STATE_CHANNEL = "kubetasks_state"
-QUEUE_CHANNEL = "kubetasks"
 RESYNC_MARGIN = timedelta(seconds=5)  # transactions commit in any order; re-read a little overlap
 
 
@@ -64,8 +64,8 @@ class Listener(threading.Thread):
         with psycopg.connect(settings.url, autocommit=True, row_factory=dict_row,
                              connect_timeout=max(1, int(settings.connect_timeout)),
                              application_name="kubetasks-operator-listener") as conn:
-            conn.execute(f"LISTEN {STATE_CHANNEL}")
-            conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+            conn.execute(f"LISTEN {protocol.STATE_CHANNEL}")
+            conn.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
             self.resync()  # whatever changed while nobody listened
             interval = self.rt.operator.resync_interval.total_seconds()
             next_resync = time.monotonic() + interval
@@ -84,14 +84,14 @@ class Listener(threading.Thread):
         ids: set[int] = set()
         inserted = False
         for channel, payload in notifications:
-            if channel == STATE_CHANNEL:
-                task_id = payload.split(":", 1)[0]
-                if task_id.isdigit():
-                    ids.add(int(task_id))
-            elif channel == QUEUE_CHANNEL:
-                queue = payload.rpartition(":")[0]  # queue names may contain ':'; the id is last
-                if queue:
-                    self.rt.wakeups.wake(queue)
+            if channel == protocol.STATE_CHANNEL:
+                change = protocol.decode_state(payload)
+                if change is not None:
+                    ids.add(change[0])
+            elif channel == protocol.QUEUE_CHANNEL:
+                wakeup = protocol.decode_wakeup(payload)
+                if wakeup is not None:
+                    self.rt.wakeups.wake(wakeup[0])
                 inserted = True
         if inserted:
             self.new_runs()

@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetasks.operator import children, reconcile, resources, status
-from kubetasks.operator.runtime import Runtime
-from kubetasks.worker import manifests
+from kubetasks.worker import manifests, protocol
 from kubetasks.worker.errors import InvalidInput
 
+from . import children, reconcile, resources, status
+from .runtime import Runtime
+
 log = logging.getLogger(__name__)
-LIVE = ("queued", "running")
 
 
 def _now() -> datetime:
@@ -61,7 +61,7 @@ def sync_task(rt: Runtime, row: dict[str, Any], *, create_missing: bool | None =
     with rt.locks.hold("taskruns", target.namespace, target.name):
         body = rt.kube.get(resources.TASKRUN, target.namespace, target.name)
         if body is None:
-            create = create_missing if create_missing is not None else row["state"] in LIVE
+            create = create_missing if create_missing is not None else row["state"] in protocol.LIVE_STATES
             if target.schedule is None or not create:
                 return
             body = _create_child(rt, target, row)

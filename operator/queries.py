@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
-# Advisory lock class of the operator's idempotency locks (7010 migrate, 7011 attempts).
-LOCK_CLASS: Final = 7012
-
 # lock_key: serialise "look for a row, insert it if missing" per key across operator replicas.
-LOCK_KEY: Final[LiteralString] = "SELECT pg_advisory_xact_lock(7012, hashtext(%(key)s))"
+LOCK_KEY: Final[LiteralString] = "SELECT pg_advisory_xact_lock(%(lock_class)s, hashtext(%(key)s))"
 
 # task_by_ref: the task a TaskRun (or a trigger) created before, if any; oldest first so re-deliveries agree.
 TASK_BY_REF: Final[LiteralString] = """

@@ -20,10 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetasks.operator import queries, resources, scaling
-from kubetasks.worker import manifests, queue, schedules
+from kubetasks.worker import manifests, protocol, queue, schedules
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings
+
+from . import queries, resources, scaling
 
 TASKRUN_PREFIX = "taskrun/"
 TRIGGER_PREFIX = "trigger/"
@@ -69,7 +70,7 @@ def target_of(row: dict[str, Any]) -> Target | None:
 
 
 def _lock(conn: Conn, key: str) -> None:
-    conn.execute(queries.LOCK_KEY, {"key": key})
+    conn.execute(queries.LOCK_KEY, {"lock_class": protocol.OPERATOR_LOCK, "key": key})
 
 
 # -- TaskRun ----------------------------------------------------------------------------------------------

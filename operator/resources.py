@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
-from kubetasks.worker import manifests
+from kubetasks.worker import manifests, protocol
+from kubetasks.worker.protocol import TaskState
 
 GROUP = manifests.GROUP
 VERSION = manifests.VERSION
@@ -29,7 +30,6 @@ SCHEDULE_LABEL = f"{GROUP}/schedule"  # on TaskRuns fired by a Schedule: the Sch
 TASK_ID_LABEL = f"{GROUP}/task-id"  # on those TaskRuns: the id of the task row they mirror
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"  # on a Schedule: any new value fires one run now
 
-TaskState = Literal["queued", "running", "successful", "warning", "error", "cancelled"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -103,13 +103,13 @@ class TaskRunSpec(_Model):
 
     actor: str = Field(
         description="Name of the actor to run, as declared with @actor (e.g. 'kubetasks.http').",
-        json_schema_extra={"pattern": manifests.ACTOR_PATTERN, "maxLength": 256})
+        json_schema_extra={"pattern": protocol.ACTOR_PATTERN, "maxLength": 256})
     args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to the actor, as a JSON object.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     queue: str = Field(
         default="default", description="Queue the task is put on; only workers consuming it run it.",
-        json_schema_extra={"pattern": manifests.QUEUE_PATTERN, "maxLength": 128})
+        json_schema_extra={"pattern": protocol.QUEUE_PATTERN, "maxLength": 128})
     run_at: KubeTime | None = Field(
         default=None, description="Earliest start (RFC 3339); unset means as soon as a worker is free.")
     time_limit_seconds: float | None = Field(
@@ -168,7 +168,7 @@ class WorkerPoolSpec(_Model):
     queues: list[str] = Field(
         default=["default"], min_length=1, max_length=64,
         description="Queues the workers consume; their runnable and running tasks drive the scale.",
-        json_schema_extra={"items": {"type": "string", "pattern": manifests.QUEUE_PATTERN, "maxLength": 128}})
+        json_schema_extra={"items": {"type": "string", "pattern": protocol.QUEUE_PATTERN, "maxLength": 128}})
     min_replicas: int = Field(
         default=1, ge=0, le=10000,
         description="Fewest replicas; 0 scales to zero when idle and back up when a task is runnable.")

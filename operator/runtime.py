@@ -19,11 +19,12 @@ from typing import Any, cast
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from kubetasks.operator import config
-from kubetasks.operator.kube import Kube
 from kubetasks.worker import registry
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings, get_settings
+
+from . import config
+from .kube import Kube
 
 log = logging.getLogger(__name__)
 

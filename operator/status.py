@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubetasks.operator import resources
+from kubetasks.worker import protocol
+
+from . import resources
 
 SUCCEEDED = "Succeeded"
 READY = "Ready"
 SUSPENDED = "Suspended"
 LAST_RUN_FAILED = "LastRunFailed"
 
-FINAL_STATES = ("successful", "warning", "error", "cancelled")
 # Reasons that may accompany each state; the first one is the default when the row says something else.
 _REASONS: dict[str, tuple[str, ...]] = {
     "queued": ("Queued",),
@@ -153,7 +154,7 @@ def taskrun_status(task: TaskView, now: datetime, previous: Mapping[str, Any] | 
                           previous.get("conditions") or ())
     duration = None
     if task.started_at is not None:
-        end = task.finished_at or (now if task.state not in FINAL_STATES else task.updated_at)
+        end = task.finished_at or (now if task.state not in protocol.FINAL_STATES else task.updated_at)
         duration = human_duration(max(0.0, (end - task.started_at).total_seconds()))
     return {
         "state": task.state,

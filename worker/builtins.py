@@ -18,9 +18,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubetasks.worker.context import TaskError
-from kubetasks.worker.registry import actor
-from kubetasks.worker.settings import get_settings
+from .context import TaskError
+from .registry import actor
+from .settings import get_settings
 
 log = logging.getLogger(__name__)
 

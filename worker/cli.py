@@ -19,9 +19,9 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from kubetasks.worker import db, queue, registry
-from kubetasks.worker.errors import InvalidInput, KubetasksError
-from kubetasks.worker.settings import Settings, get_settings
+from . import db, protocol, queue, registry
+from .errors import InvalidInput, KubetasksError
+from .settings import Settings, get_settings
 
 EXIT_USAGE = 2  # bad input, unknown id, unreachable database: the user has something to fix
 
@@ -113,7 +113,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def schedule_key(name: str) -> str:
     """Accept 'name' for 'default/name', as kubectl does."""
-    from kubetasks.worker import manifests  # lazy: `kubetasks worker` starts faster
+    from . import manifests  # lazy: `kubetasks worker` starts faster
 
     return name if "/" in name else manifests.schedule_name("default", name)
 
@@ -164,7 +164,7 @@ def migrate(ctx: click.Context) -> None:
 def worker(ctx: click.Context, processes: int | None, threads: int | None, queues: tuple[str, ...],
            modules: tuple[str, ...]) -> None:
     """Run tasks (and fire schedules) until stopped with SIGTERM or Ctrl-C."""
-    from kubetasks.worker import runner  # the runtime is only needed here
+    from . import runner  # the runtime is only needed here
 
     settings = _settings(ctx)
     overrides: dict[str, Any] = {}
@@ -209,23 +209,23 @@ def tasks_stats(ctx: click.Context, as_json: bool) -> None:
     """Task counts by state and by actor."""
     with connect(ctx) as conn:
         rows = queue.stats(conn)
-    by_state = {state: 0 for state in queue.STATES}
+    by_state = {state: 0 for state in protocol.STATES}
     by_actor: dict[str, dict[str, int]] = {}
     for row in rows:
         by_state[row["state"]] += row["count"]
-        by_actor.setdefault(row["actor"], {s: 0 for s in queue.STATES})[row["state"]] = row["count"]
+        by_actor.setdefault(row["actor"], {s: 0 for s in protocol.STATES})[row["state"]] = row["count"]
     if as_json:
         emit_json({"by_state": by_state, "by_actor": by_actor, "total": sum(by_state.values())})
         return
     click.echo(table(["STATE", "TASKS"], [*by_state.items(), ("total", sum(by_state.values()))]))
     if by_actor:
         click.echo()
-        click.echo(table(["ACTOR", *(s.upper() for s in queue.STATES), "TOTAL"],
+        click.echo(table(["ACTOR", *(s.upper() for s in protocol.STATES), "TOTAL"],
                          [(a, *c.values(), sum(c.values())) for a, c in sorted(by_actor.items())]))
 
 
 @tasks.command("list")
-@click.option("--state", "states", multiple=True, type=click.Choice(queue.STATES), help="Repeatable.")
+@click.option("--state", "states", multiple=True, type=click.Choice(protocol.STATES), help="Repeatable.")
 @click.option("--actor", "actors", multiple=True, help="Repeatable.")
 @click.option("--queue", "queues", multiple=True, help="Repeatable.")
 @click.option("--schedule", help="Runs of this schedule ('namespace/name').")
@@ -325,7 +325,7 @@ def tasks_cancel(ctx: click.Context, task_id: int) -> None:
 
 
 @tasks.command("delete")
-@click.option("--state", "states", multiple=True, type=click.Choice(queue.STATES), help="Repeatable.")
+@click.option("--state", "states", multiple=True, type=click.Choice(protocol.STATES), help="Repeatable.")
 @click.option("--actor", "actors", multiple=True, help="Repeatable.")
 @click.option("--queue", "queues", multiple=True, help="Repeatable.")
 @click.option("--schedule", help="Runs of this schedule ('namespace/name').")
@@ -435,7 +435,7 @@ def schedules_group() -> None:
 @click.pass_context
 def schedules_list(ctx: click.Context, as_json: bool) -> None:
     """Every schedule with its next and last runs."""
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     with connect(ctx) as conn:
         rows = schedules.list_schedules(conn)
@@ -460,7 +460,7 @@ def schedules_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """One schedule: its spec, state and recent runs."""
     import yaml
 
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     key = schedule_key(name)
     with connect(ctx) as conn:
@@ -489,7 +489,7 @@ def schedules_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def schedules_pause(ctx: click.Context, name: str) -> None:
     """Stop starting runs until resumed."""
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     with connect(ctx) as conn:
         schedules.pause(conn, schedule_key(name))
@@ -501,7 +501,7 @@ def schedules_pause(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_resume(ctx: click.Context, name: str) -> None:
     """Resume: start one run now, then follow the schedule again."""
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     with connect(ctx) as conn:
         row = schedules.resume(conn, schedule_key(name), settings=_settings(ctx))
@@ -514,7 +514,7 @@ def schedules_resume(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_trigger(ctx: click.Context, name: str) -> None:
     """Start one run now (also while paused); the schedule's timing is unchanged."""
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     with connect(ctx) as conn:
         task = schedules.trigger(conn, schedule_key(name), settings=_settings(ctx))
@@ -527,7 +527,7 @@ def schedules_trigger(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def schedules_delete(ctx: click.Context, name: str) -> None:
     """Delete a schedule; its past runs are kept until purged."""
-    from kubetasks.worker import schedules  # lazy: `kubetasks worker` starts faster
+    from . import schedules  # lazy: `kubetasks worker` starts faster
 
     with connect(ctx) as conn:
         schedules.delete(conn, schedule_key(name))
@@ -556,7 +556,7 @@ def apply_cmd(ctx: click.Context, paths: tuple[Path, ...], modules: tuple[str, .
 def apply_manifests(ctx: click.Context, paths: list[Path], *, validate_actors: bool, dry_run: bool = False,
                     ) -> list[tuple[str, str]]:
     """Validate every manifest, then apply all of them in one transaction; [(name, action)]."""
-    from kubetasks.worker import manifests, schedules  # lazy: `kubetasks worker` starts faster
+    from . import manifests, schedules  # lazy: `kubetasks worker` starts faster
 
     settings = _settings(ctx)
     loaded = manifests.load_sources(paths)
@@ -587,8 +587,8 @@ def apply_manifests(ctx: click.Context, paths: list[Path], *, validate_actors: b
 @click.pass_context
 def dev(ctx: click.Context, paths: tuple[Path, ...], duration: float | None, threads: int, no_trigger: bool) -> None:
     """Try kubetasks locally: a private PostgreSQL, your manifests, a worker, live progress."""
-    from kubetasks.worker import dev as devmode
-    from kubetasks.worker.pgserver import PostgresUnavailable
+    from . import dev as devmode
+    from .pgserver import PostgresUnavailable
 
     try:
         code = devmode.run(list(paths), duration=duration, threads=threads, trigger=not no_trigger)

@@ -23,10 +23,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from kubetasks.worker import metrics, policies, queries
-from kubetasks.worker.context import Cancelled, WorkerShutdown
-from kubetasks.worker.executor import Executor, Job
-from kubetasks.worker.settings import Settings
+from . import metrics, policies, protocol, queries
+from .context import Cancelled, WorkerShutdown
+from .executor import Executor, Job
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ class Consumer:
                                   "application_name": f"kubetasks-worker {self.name}"}
         self.work = await psycopg.AsyncConnection.connect(db.url, **kwargs)
         self.listen = await psycopg.AsyncConnection.connect(db.url, **kwargs)
-        await self.listen.execute("LISTEN kubetasks")
-        await self.listen.execute("LISTEN kubetasks_cancel")
+        await self.listen.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
+        await self.listen.execute(f"LISTEN {protocol.CANCEL_CHANNEL}")
         await self._relock()
         self.health.ready = True
         self.health.reason = "ok"
@@ -217,12 +217,14 @@ class Consumer:
 
     async def _listen(self, conn: AsyncConn) -> None:
         async for note in conn.notifies():
-            if note.channel == "kubetasks":
-                if note.payload.partition(":")[0] in self.queues:
+            if note.channel == protocol.QUEUE_CHANNEL:
+                wakeup = protocol.decode_wakeup(note.payload)
+                if wakeup is not None and wakeup[0] in self.queues:
                     self.wake.set()
-            elif (note.channel == "kubetasks_cancel" and note.payload.isdigit()
-                  and self.executor.interrupt(int(note.payload), Cancelled) is not None):
-                log.info("task %s cancelled while running", note.payload)
+            elif note.channel == protocol.CANCEL_CHANNEL:
+                task_id = protocol.decode_cancel(note.payload)
+                if task_id is not None and self.executor.interrupt(task_id, Cancelled) is not None:
+                    log.info("task %s cancelled while running", task_id)
 
     async def _exchange(self, free: int) -> int:
         """One round trip: write the outcomes gathered so far and claim up to `free` tasks, pipelined.

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-MIGRATION_LOCK = 7010  # advisory lock key held while migrating
+from . import protocol
+
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -57,7 +58,7 @@ def migrate(dsn_or_conn: str | Conn) -> list[str]:
     try:
         for migration in migrations():
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (protocol.MIGRATION_LOCK,))
                 conn.execute("CREATE SCHEMA IF NOT EXISTS kubetasks")
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS kubetasks.schema_migrations ("

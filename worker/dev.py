@@ -22,8 +22,8 @@ from typing import TextIO
 
 import click
 
-from kubetasks.worker import db, manifests, pgserver, queue, registry, schedules
-from kubetasks.worker.settings import Settings
+from . import db, manifests, pgserver, protocol, queue, registry, schedules
+from .settings import Settings
 
 DEMO_ALLOWLIST = ["echo", "date"]  # what the example manifests run with kubetasks.command
 
@@ -60,7 +60,7 @@ def worker_env(dsn: str, folders: list[str], modules: list[str], threads: int) -
 
 
 def counts(conn: db.Conn) -> dict[str, int]:
-    by_state = dict.fromkeys(queue.STATES, 0)
+    by_state: dict[str, int] = dict.fromkeys(protocol.STATES, 0)
     for row in queue.stats(conn):
         by_state[row["state"]] += row["count"]
     return by_state

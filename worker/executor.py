@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetasks.worker import context, policies, registry
-from kubetasks.worker.context import Interrupted, TaskContext, TimeLimitExceeded
-from kubetasks.worker.errors import InvalidInput
+from . import context, policies, registry
+from .context import Interrupted, TaskContext, TimeLimitExceeded
+from .errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from kubetasks.worker import db, queries, queue
-from kubetasks.worker.settings import Settings
+from . import db, queries, queue
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def purge(conn: db.Conn, settings: Settings) -> int:
 
 
 def fire_schedules(conn: db.Conn, settings: Settings) -> int:
-    from kubetasks.worker import scheduler
+    from . import scheduler
 
     return len(scheduler.fire_due(conn, settings))
 

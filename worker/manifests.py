@@ -11,7 +11,6 @@ schedule is stored, because only a process that imported the actor modules can k
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -23,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from kubetasks.worker import registry
-from kubetasks.worker.errors import InvalidInput
+from . import protocol, registry
+from .errors import InvalidInput
 
 GROUP = "kubetasks.dev"
 VERSION = "v1alpha1"
@@ -33,13 +32,8 @@ KIND: Final = "Schedule"
 PLURAL = "schedules"
 
 # The macros Kubernetes CronJob accepts, plus @midnight; croniter expands them.
-CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 CRON_FIX = ("use 5 fields 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *', "
-            "or one of " + ", ".join(CRON_MACROS) + "; quote it in YAML")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-ACTOR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,255}$"
-QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+            "or one of " + ", ".join(protocol.CRON_MACROS) + "; quote it in YAML")
 
 
 def _custom(kind: str, problem: str, fix: str) -> PydanticCustomError:
@@ -51,7 +45,7 @@ def check_cron(expression: str) -> str:
     """Return the normalised cron expression or raise a `PydanticCustomError` saying what is wrong."""
     cron = " ".join(expression.split())
     if cron.startswith("@"):
-        if cron.lower() not in CRON_MACROS:
+        if cron.lower() not in protocol.CRON_MACROS:
             raise _custom("cron", f"unknown cron macro {expression!r}", CRON_FIX)
         return cron.lower()
     if "TZ=" in cron.upper():
@@ -103,7 +97,7 @@ class ScheduleSpec(_Model):
 
     actor: str = Field(
         description="Name of the actor to run, as declared with @actor (e.g. 'kubetasks.http').",
-        json_schema_extra={"pattern": ACTOR_PATTERN, "maxLength": 256})
+        json_schema_extra={"pattern": protocol.ACTOR_PATTERN, "maxLength": 256})
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments passed to the actor, as a JSON object.",
@@ -111,7 +105,7 @@ class ScheduleSpec(_Model):
     queue: str = Field(
         default="default",
         description="Queue the runs are put on; only workers consuming it run them.",
-        json_schema_extra={"pattern": QUEUE_PATTERN, "maxLength": 128})
+        json_schema_extra={"pattern": protocol.QUEUE_PATTERN, "maxLength": 128})
     schedule: str = Field(
         description="Unix cron expression with 5 fields (minute hour day-of-month month day-of-week) or a "
                     "macro (@hourly, @daily, @weekly, @monthly, @yearly), evaluated in timeZone.")
@@ -195,7 +189,7 @@ class ObjectMeta(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _DNS_SUBDOMAIN.fullmatch(value):
+        if not protocol.DNS_SUBDOMAIN.fullmatch(value):
             raise _custom("name", f"{value!r} is not a valid name",
                           "use up to 253 lowercase letters, digits, '-' and '.', starting and ending "
                           "with a letter or digit")
@@ -204,7 +198,7 @@ class ObjectMeta(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if not _DNS_LABEL.fullmatch(value):
+        if not protocol.DNS_LABEL.fullmatch(value):
             raise _custom("namespace", f"{value!r} is not a valid namespace",
                           "use up to 63 lowercase letters, digits and '-', starting and ending "
                           "with a letter or digit")
@@ -235,7 +229,7 @@ def schedule_name(namespace: str, name: str) -> str:
 def check_schedule_name(name: str, field: str = "name") -> str:
     """Refuse a stored schedule name that is not '<namespace>/<name>' in Kubernetes spelling."""
     namespace, _, short = name.partition("/") if isinstance(name, str) else ("", "", "")
-    if not (_DNS_LABEL.fullmatch(namespace) and _DNS_SUBDOMAIN.fullmatch(short)):
+    if not (protocol.DNS_LABEL.fullmatch(namespace) and protocol.DNS_SUBDOMAIN.fullmatch(short)):
         raise InvalidInput(field, f"{name!r} is not a schedule name",
                            "write '<namespace>/<name>' in lowercase letters, digits and '-', "
                            "e.g. 'default/nightly-report'")

@@ -17,10 +17,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kubetasks.worker import db, queue
+from . import db, queue
 
 if TYPE_CHECKING:
-    from kubetasks.worker.policies import Outcome
+    from .policies import Outcome
 
 log = logging.getLogger(__name__)
 

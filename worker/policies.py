@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetasks.worker.context import (
+from .context import (
     Cancelled,
     TaskContext,
     TaskError,

@@ -1,6 +1,8 @@
 """Named SQL queries, loaded from the `.sql` files beside this module.
 
 Each query is a block introduced by `-- name: why`; reviewing the SQL means reading one file per table.
+Advisory lock classes are written `{lock:attempt}` in the files and filled in from `protocol` on load, so
+the numbers live in one place.
 """
 
 from __future__ import annotations
@@ -8,9 +10,12 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
+
+from . import protocol
 
 _HEADER = re.compile(r"^-- ([a-z_]+): .*$", re.MULTILINE)
+_LOCK_CLASS = re.compile(r"\{lock:([a-z]+)\}")
 QUERY_FILES = ("tasks.sql", "schedules.sql")
 
 
@@ -21,8 +26,16 @@ def parse(text: str) -> dict[str, LiteralString]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = cast(LiteralString, body.strip().rstrip(";"))
+        # Still a literal in spirit: the text is a file we ship, the substitutions constants of ours.
+        queries[name] = _LOCK_CLASS.sub(_lock_class, body.strip().rstrip(";"))
     return queries
+
+
+def _lock_class(match: re.Match[str]) -> str:
+    try:
+        return str(protocol.SQL_LOCK_CLASSES[match.group(1)])
+    except KeyError:
+        raise ValueError(f"unknown advisory lock class {match.group(0)!r} in SQL") from None
 
 
 @cache

@@ -15,13 +15,10 @@ from typing import Any, LiteralString
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from kubetasks.worker import queries, registry
-from kubetasks.worker.db import Conn
-from kubetasks.worker.errors import InvalidInput, TaskNotFound
-from kubetasks.worker.settings import Settings, get_settings
-
-STATES = ("queued", "running", "successful", "warning", "error", "cancelled")
-FINAL_STATES = ("successful", "warning", "error", "cancelled")
+from . import protocol, queries, registry
+from .db import Conn
+from .errors import InvalidInput, TaskNotFound
+from .settings import Settings, get_settings
 
 
 @dataclass(frozen=True)
@@ -247,8 +244,8 @@ class TaskFilter:
         clauses: list[sql.Composable] = []
         params: dict[str, Any] = {}
         for value in self.states:
-            if value not in STATES:
-                raise InvalidInput("state", f"unknown state {value!r}", "use one of " + ", ".join(STATES))
+            if value not in protocol.STATES:
+                raise InvalidInput("state", f"unknown state {value!r}", "use one of " + ", ".join(protocol.STATES))
         for column, values in (("state", self.states), ("actor", self.actors), ("queue", self.queues)):
             if values:
                 clauses.append(sql.SQL("{}::text = ANY(%({})s)").format(sql.Identifier(column),

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from kubetasks.worker.errors import InvalidInput, UnknownActor
+from . import protocol
+from .errors import InvalidInput, UnknownActor
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,255}")
-_QUEUE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,14 @@ _registry: dict[str, Actor] = {}
 
 
 def validate_name(name: str, field: str = "actor") -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not protocol.ACTOR_NAME.fullmatch(name):
         raise InvalidInput(field, f"{name!r} is not a valid actor name",
                            "use 1-256 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'")
     return name
 
 
 def validate_queue(queue: str, field: str = "queue") -> str:
-    if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):
+    if not isinstance(queue, str) or not protocol.QUEUE_NAME.fullmatch(queue):
         raise InvalidInput(field, f"{queue!r} is not a valid queue name",
                            "use 1-128 letters, digits, '_', '.', ':' or '-'")
     return queue

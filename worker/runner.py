@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from kubetasks.worker import db, registry
-from kubetasks.worker.settings import Settings
+from . import db, registry
+from .settings import Settings
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from kubetasks.worker.consumer import Health
+    from .consumer import Health
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def serve_http(settings: Settings, health: Health, children: Children | None) ->
     """/metrics, /healthz and /readyz of the replica, served by its first process."""
     from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
-    from kubetasks.worker import http, metrics
+    from . import http, metrics
 
     if not settings.worker.metrics_port:
         return None
@@ -87,7 +87,7 @@ def run_process(settings: Settings, *, health: Health | None = None, children: C
                 server: WSGIServer | None = None) -> int:
     """One worker process: consumer + housekeeping. With `children`, it also supervises the replica's other
     processes; `server` (its HTTP endpoints) is shut down when it ends."""
-    from kubetasks.worker import consumer, housekeeping
+    from . import consumer, housekeeping
 
     registry.load_modules(settings.worker.modules)
     health = health or consumer.Health()
@@ -205,7 +205,7 @@ class Children:
 def run(settings: Settings) -> int:
     """Entry point of `kubetasks worker`: processes × threads in this replica, the first process included.
     Exits with 75 when threads stuck past their time limit call for a fresh process."""
-    from kubetasks.worker.consumer import Health
+    from .consumer import Health
 
     _configure_logging()
     children = None

@@ -25,21 +25,19 @@ from zoneinfo import ZoneInfo
 import psycopg
 from croniter import croniter
 
-from kubetasks.worker import queries, queue
-from kubetasks.worker.db import Conn
-from kubetasks.worker.errors import InvalidInput
-from kubetasks.worker.settings import Settings
+from . import protocol, queries, queue
+from .db import Conn
+from .errors import InvalidInput
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 _WALK_LIMIT = 1000  # ticks walked one by one before jumping straight to the latest one
 MIN_SKIP_TOLERANCE = 60.0  # seconds late a tick may still fire under missedRunPolicy Skip
 
 
 def expand(cron: str) -> str:
-    return _MACROS.get(cron.strip().lower(), cron)
+    return protocol.CRON_MACROS.get(cron.strip().lower(), cron)
 
 
 def _repeated(tick: datetime, cron: str) -> bool:

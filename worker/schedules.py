@@ -15,11 +15,11 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kubetasks.worker import manifests, queries, queue, registry, scheduler
-from kubetasks.worker.db import Conn
-from kubetasks.worker.errors import InvalidInput, UnknownActor
-from kubetasks.worker.manifests import ScheduleSpec
-from kubetasks.worker.settings import Settings, get_settings
+from . import manifests, queries, queue, registry, scheduler
+from .db import Conn
+from .errors import InvalidInput, UnknownActor
+from .manifests import ScheduleSpec
+from .settings import Settings, get_settings
 
 # Columns compared to tell "configured" from "unchanged" on apply.
 _SPEC_COLUMNS = ("actor", "args", "queue", "cron", "time_zone", "paused", "concurrency_policy",

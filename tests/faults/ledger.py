@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kubetasks.worker import db
+from kubetasks.worker import db, protocol
 
-FINAL_STATES = ("successful", "warning", "error", "cancelled")
 Key = Callable[[Any], str]
 
 
@@ -91,7 +90,7 @@ def tally(conn: db.Conn, actors: Sequence[str], enqueued: int, runs: Mapping[str
         # and never more than the attempts it was claimed for.
         explained[name] += min(row["attempts"], 1 + row["reran"])
         result.worker_lost += row["worker_lost"]
-        if row["state"] in FINAL_STATES:
+        if row["state"] in protocol.FINAL_STATES:
             final += 1
         if row["state"] in ("successful", "warning"):
             result.succeeded += 1

@@ -5,11 +5,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import worker_actors  # noqa: F401 - declares the actors enqueued below
 from waiting import wait_for
 from workers import WorkerProcess
 
-from kubetasks.worker import db, queries, queue
+from kubetasks.worker import db, protocol, queries, queue
 
 
 def states(conn: db.Conn) -> dict[str, int]:
@@ -24,6 +26,22 @@ def test_notification_picks_up_task_at_once(conn: db.Conn, start_worker: Callabl
     task = queue.enqueue(conn, "t.noop", {})
     done = wait_for(lambda: queue.get_task(conn, task.id).state == "successful", timeout=10, what="pick-up")
     assert done
+
+
+@pytest.mark.parametrize("queue_name", ["team:billing", "a:b:c", "7:7"])
+def test_a_queue_whose_name_holds_colons_is_woken_at_once(conn: db.Conn, queue_name: str,
+                                                          start_worker: Callable[..., WorkerProcess]) -> None:
+    # The wake-up payload is "<queue>:<id>": only the last colon separates them.
+    start_worker(queues=[queue_name], consumer_listen_timeout="60")
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+                                  ).fetchone()["n"] > 0, what="worker listening")  # type: ignore[index]
+    first = queue.enqueue(conn, "t.noop", {}, queue=queue_name)  # done: the start-up scan is behind us
+    wait_for(lambda: queue.get_task(conn, first.id).state == "successful", timeout=70, what="first task")
+    started = time.monotonic()
+    task = queue.enqueue(conn, "t.noop", {}, queue=queue_name)
+    wait_for(lambda: queue.get_task(conn, task.id).state == "successful", timeout=10, interval=0.01,
+             what="pick-up")
+    assert time.monotonic() - started < 2.0  # milliseconds in practice; the fallback scan is 60 s away
 
 
 def test_tasks_enqueued_while_no_worker_ran_are_picked_up(conn: db.Conn, tmp_path: Path,
@@ -153,7 +171,7 @@ def test_cancel_stops_running_task(conn: db.Conn, tmp_path: Path,
     wait_for(lambda: marks.exists(), what="task started")
     assert queue.cancel_task(conn, task.id) is not None
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory'"
-                                  " AND classid=7011").fetchone() == {"n": 0}, what="lock released")
+                                  f" AND classid={protocol.ATTEMPT_LOCK}").fetchone() == {"n": 0}, what="lock released")
     assert queue.get_task(conn, task.id).state == "cancelled"
     # Something that must not happen cannot be awaited: give a wrongly surviving thread a moment to write.
     time.sleep(0.1)
@@ -170,8 +188,8 @@ def test_locks_held_never_exceed_concurrency(conn: db.Conn, tmp_path: Path,
 
     def done() -> bool:
         nonlocal peak
-        held = conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory' AND classid=7011"
-                            ).fetchone()["n"]  # type: ignore[index]
+        held = conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype='advisory' AND classid = %s",
+                            (protocol.ATTEMPT_LOCK,)).fetchone()["n"]  # type: ignore[index]
         peak = max(peak, held)
         return states(conn) == {"successful": 3000}
 

@@ -1,5 +1,5 @@
 -- Queries on kubetasks.tasks, one named block each: "-- name: why".
--- Advisory locks use the two-key form: class 7011 ("kt"), key = id's low 31 bits.
+-- Advisory locks use the two-key form: class {lock:attempt} (protocol.ATTEMPT_LOCK), key = id's low 31 bits.
 
 -- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
 WITH inserted AS (
@@ -28,7 +28,7 @@ WITH candidates AS MATERIALIZED (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), locked AS MATERIALIZED (
-    SELECT id FROM candidates WHERE pg_try_advisory_lock(7011, (id & 2147483647)::int)
+    SELECT id FROM candidates WHERE pg_try_advisory_lock({lock:attempt}, (id & 2147483647)::int)
 )
 UPDATE kubetasks.tasks t
 SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.attempts + 1,
@@ -53,7 +53,7 @@ WITH finished AS (
     WHERE t.id = o.id AND t.worker = %(worker)s
     RETURNING t.id
 )
-SELECT count(*) FILTER (WHERE pg_advisory_unlock(7011, (id & 2147483647)::int)) AS released
+SELECT count(*) FILTER (WHERE pg_advisory_unlock({lock:attempt}, (id & 2147483647)::int)) AS released
 FROM unnest(%(ids)s::bigint[]) AS id
 WHERE (SELECT count(*) FROM finished) >= 0;
 
@@ -62,7 +62,7 @@ WHERE (SELECT count(*) FROM finished) >= 0;
 WITH mine AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s
 )
-SELECT id FROM mine WHERE pg_try_advisory_lock(7011, (id & 2147483647)::int);
+SELECT id FROM mine WHERE pg_try_advisory_lock({lock:attempt}, (id & 2147483647)::int);
 
 -- attempt_insert_many: keep the log and error of finished attempts that have something to tell.
 INSERT INTO kubetasks.task_attempts (task_id, attempt, state, reason, worker, started_at, error, log)
@@ -81,12 +81,12 @@ WITH suspects AS MATERIALIZED (
     WHERE t.worker IS NOT NULL AND t.attempt_started_at < now() - make_interval(secs => %(grace)s)
       AND NOT EXISTS (
         SELECT FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.classid = 7011 AND l.objsubid = 2
+        WHERE l.locktype = 'advisory' AND l.classid = {lock:attempt} AND l.objsubid = 2
           AND l.objid::bigint = (t.id & 2147483647))
     ORDER BY t.id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), lost AS MATERIALIZED (
-    SELECT id FROM suspects WHERE pg_try_advisory_xact_lock(7011, (id & 2147483647)::int)
+    SELECT id FROM suspects WHERE pg_try_advisory_xact_lock({lock:attempt}, (id & 2147483647)::int)
 ), rescued AS (
     UPDATE kubetasks.tasks t
     SET worker = NULL, reason = 'WorkerLost', updated_at = now(),

@@ -1,0 +1,34 @@
+"""The database's side of the shared contracts agrees with `kubetasks.worker.protocol`."""
+
+from __future__ import annotations
+
+from kubetasks.worker import db, protocol, queue
+
+
+def test_the_task_state_enum_is_the_protocol_states(conn: db.Conn) -> None:
+    row = conn.execute("SELECT enum_range(NULL::kubetasks.task_state)::text[] AS states").fetchone()
+    assert row is not None and tuple(row["states"]) == protocol.STATES
+    assert set(protocol.LIVE_STATES) | set(protocol.FINAL_STATES) == set(protocol.STATES)
+    assert not set(protocol.LIVE_STATES) & set(protocol.FINAL_STATES)
+
+
+def test_trigger_payloads_decode_with_the_protocol(dsn: str, conn: db.Conn) -> None:
+    with db.connect(dsn) as listener:
+        for channel in (protocol.QUEUE_CHANNEL, protocol.STATE_CHANNEL, protocol.CANCEL_CHANNEL):
+            listener.execute(f"LISTEN {channel}")
+        task = queue.enqueue(conn, "t.noop", {}, queue="team:billing:eu", object_ref="default/run-1",
+                              validate=False)  # no actor module loaded here
+        queue.cancel_task(conn, task.id, "test")
+        got = {n.channel: n.payload for n in listener.notifies(timeout=5, stop_after=3)}
+    assert protocol.decode_wakeup(got[protocol.QUEUE_CHANNEL]) == ("team:billing:eu", task.id)
+    assert got[protocol.QUEUE_CHANNEL] == protocol.encode_wakeup("team:billing:eu", task.id)
+    assert protocol.decode_state(got[protocol.STATE_CHANNEL]) == (task.id, "cancelled")
+    assert protocol.decode_cancel(got[protocol.CANCEL_CHANNEL]) == task.id
+
+
+def test_malformed_payloads_decode_to_none() -> None:
+    assert protocol.decode_wakeup("no-id") is None
+    assert protocol.decode_wakeup(":12") is None
+    assert protocol.decode_wakeup("q:x") is None
+    assert protocol.decode_state("12:exploded") is None
+    assert protocol.decode_cancel("12a") is None
