@@ -23,9 +23,8 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from kubetasks.worker import protocol
+from kubetasks.worker import db, protocol
 
 from . import mirror, reconcile
 from .runtime import Runtime
@@ -47,23 +46,21 @@ class Listener(threading.Thread):
         self.stopping.set()
 
     def run(self) -> None:
-        backoff = 0.5
+        backoff = db.Backoff.for_database(self.rt.settings.database)
         while not self.stopping.is_set():
             try:
                 self._session()
-                backoff = 0.5
+                backoff.reset()
             except (psycopg.Error, OSError) as exc:
-                log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                delay = backoff.next()
+                log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception:  # an API error must not end the thread: the resync will catch up
-                log.exception("listener: unexpected error; restarting in %.1fs", backoff)
-            self.stopping.wait(backoff)
-            backoff = min(backoff * 2, self.rt.settings.database.reconnect_max_backoff)
+                delay = backoff.next()
+                log.exception("listener: unexpected error; restarting in %.1fs", delay)
+            self.stopping.wait(delay)
 
     def _session(self) -> None:
-        settings = self.rt.settings.database
-        with psycopg.connect(settings.url, autocommit=True, row_factory=dict_row,
-                             connect_timeout=max(1, int(settings.connect_timeout)),
-                             application_name="kubetasks-operator-listener") as conn:
+        with db.connect(self.rt.settings.database, application_name="kubetasks-operator-listener") as conn:
             conn.execute(f"LISTEN {protocol.STATE_CHANNEL}")
             conn.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
             self.resync()  # whatever changed while nobody listened

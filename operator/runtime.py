@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from kubetasks.worker import registry
+from kubetasks.worker import db, registry
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings, get_settings
 
@@ -101,10 +100,7 @@ class Runtime:
         operator = operator or config.get_operator_settings()
         if operator.validate_actors:
             registry.load_modules(settings.worker.modules)
-        pool: ConnectionPool[Any] = ConnectionPool(
-            settings.database.url, min_size=1, max_size=operator.pool_size, open=True, name="kubetasks-operator",
-            kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "kubetasks-operator",
-                    "connect_timeout": max(1, int(settings.database.connect_timeout))})
+        pool = db.pool(settings.database, max_size=operator.pool_size, application_name="kubetasks-operator")
         return cls(settings=settings, operator=operator, pool=pool, kube=api or Kube())
 
     @contextlib.contextmanager

@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from . import metrics, policies, protocol, queries
+from . import db, metrics, policies, protocol, queries
 from .context import Cancelled, WorkerShutdown
 from .executor import Executor, Job
 from .settings import Settings
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 FLUSH_BATCH = 1000
 PREFETCH_SECONDS = 0.05
 PREFETCH_MAX_PER_THREAD = 32
-AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
+AsyncConn = db.AsyncConn
 
 
 def worker_id() -> str:
@@ -107,23 +106,22 @@ class Consumer:
         """Consume until stop(); returns the process exit code (75: restart me)."""
         self._loop = asyncio.get_running_loop()
         self.executor.start()
-        backoff = 0.1
-        max_backoff = self.settings.database.reconnect_max_backoff
+        backoff = db.Backoff.for_database(self.settings.database, first=0.1)
         try:
             while not self.stopping.is_set():
                 try:
                     await self._connect()
-                    backoff = 0.1
+                    backoff.reset()
                     await self._serve()
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                except db.CONNECTION_ERRORS as exc:
+                    delay = backoff.next()
                     self.health.ready = False
                     self.health.reason = f"database unavailable: {exc}".strip()
                     log.warning("worker %s lost the database (%s); reconnecting in %.1fs",
-                                self.name, str(exc).strip() or type(exc).__name__, backoff)
+                                self.name, str(exc).strip() or type(exc).__name__, delay)
                     await self._close()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), backoff)
-                    backoff = min(max_backoff, backoff * 2)
+                        await asyncio.wait_for(self.stopping.wait(), delay)
             await self._drain(self.settings.worker.shutdown_timeout.total_seconds())
         finally:
             await self._close()
@@ -131,12 +129,9 @@ class Consumer:
         return 75 if self.executor.needs_restart else 0
 
     async def _connect(self) -> None:
-        db = self.settings.database
-        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                  "connect_timeout": max(1, int(db.connect_timeout)),
-                                  "application_name": f"kubetasks-worker {self.name}"}
-        self.work = await psycopg.AsyncConnection.connect(db.url, **kwargs)
-        self.listen = await psycopg.AsyncConnection.connect(db.url, **kwargs)
+        name = f"kubetasks-worker {self.name}"
+        self.work = await db.connect_async(self.settings.database, application_name=name)
+        self.listen = await db.connect_async(self.settings.database, application_name=name)
         await self.listen.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
         await self.listen.execute(f"LISTEN {protocol.CANCEL_CHANNEL}")
         await self._relock()

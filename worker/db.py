@@ -1,4 +1,8 @@
-"""Connections and schema migrations.
+"""Connections (the one place connection options are set) and schema migrations.
+
+Every connection kubetasks opens comes from `connect`, `connect_async` or `pool`: autocommit, dict rows, a
+connect timeout and an application_name that says who holds it in `pg_stat_activity`. `Backoff` is the one
+reconnection delay policy: doubling from a first delay up to the settings' `reconnect_max_backoff`.
 
 Migrations are numbered `.sql` files applied in order inside one transaction each; a transaction-level
 advisory lock serialises concurrent `kubetasks migrate` runs, so two processes starting at once are safe.
@@ -7,18 +11,23 @@ advisory lock serialises concurrent `kubetasks migrate` runs, so two processes s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from . import protocol
+from .settings import DatabaseSettings
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Conn = psycopg.Connection[dict[str, Any]]
+AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
+# What a lost or refused connection raises; the loops that reconnect catch exactly these.
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,65 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def connect(dsn: str, *, autocommit: bool = True, connect_timeout: float = 5.0,
+def _options(connect_timeout: float, application_name: str, autocommit: bool = True) -> dict[str, Any]:
+    # libpq takes whole seconds and treats 0 as "wait forever": never round down to that.
+    return {"autocommit": autocommit, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
+            "application_name": application_name}
+
+
+def connect(target: str | DatabaseSettings, *, autocommit: bool = True, connect_timeout: float | None = None,
             application_name: str = "kubetasks") -> Conn:
-    return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row,
-                           connect_timeout=max(1, int(connect_timeout)), application_name=application_name)
+    """A connection to a DSN, or to the database the settings name (with their connect timeout)."""
+    dsn, timeout = _target(target, connect_timeout)
+    conn: Conn = psycopg.connect(dsn, **_options(timeout, application_name, autocommit))
+    return conn
+
+
+async def connect_async(target: str | DatabaseSettings, *, connect_timeout: float | None = None,
+                        application_name: str = "kubetasks") -> AsyncConn:
+    dsn, timeout = _target(target, connect_timeout)
+    conn: AsyncConn = await psycopg.AsyncConnection.connect(dsn, **_options(timeout, application_name))
+    return conn
+
+
+def pool(target: str | DatabaseSettings, *, max_size: int, min_size: int = 1,
+         application_name: str = "kubetasks") -> ConnectionPool[Any]:
+    """A pool opened at once (connections are made in the background, so a missing database does not
+    block the caller); `with pool.connection() as conn` then behaves like `connect`'s connections."""
+    dsn, timeout = _target(target, None)
+    return ConnectionPool(dsn, min_size=min_size, max_size=max_size, open=True, name=application_name,
+                          kwargs=_options(timeout, application_name))
+
+
+def _target(target: str | DatabaseSettings, connect_timeout: float | None) -> tuple[str, float]:
+    if isinstance(target, DatabaseSettings):
+        return target.url, connect_timeout if connect_timeout is not None else target.connect_timeout
+    return target, connect_timeout if connect_timeout is not None else 5.0
+
+
+@dataclass
+class Backoff:
+    """Reconnection delays: `first`, doubling each failure up to `maximum`; `reset()` after a success."""
+
+    first: float
+    maximum: float
+    current: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.first
+
+    @classmethod
+    def for_database(cls, database: DatabaseSettings, first: float = 0.5) -> Backoff:
+        return cls(first, database.reconnect_max_backoff)
+
+    def next(self) -> float:
+        """The delay to wait now; the following one doubles."""
+        delay = self.current
+        self.current = min(self.maximum, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
 
 
 def applied_versions(conn: Conn) -> set[int]:

@@ -79,17 +79,15 @@ class Housekeeper(threading.Thread):
 
     def run(self) -> None:
         conn: db.Conn | None = None
-        backoff = 0.5
+        backoff = db.Backoff.for_database(self.settings.database)
         while not self.stopping.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = db.connect(self.settings.database.url,
-                                      connect_timeout=self.settings.database.connect_timeout,
-                                      application_name="kubetasks-housekeeping")
+                    conn = db.connect(self.settings.database, application_name="kubetasks-housekeeping")
                     for job in self.jobs:  # after a reconnection, rescue waits a full interval again
                         if job.name == "rescue":
                             job.next_at = time.monotonic() + job.interval
-                backoff = 0.5
+                backoff.reset()
                 now = time.monotonic()
                 for job in self.jobs:
                     if now >= job.next_at and not self.stopping.is_set():
@@ -102,13 +100,13 @@ class Housekeeper(threading.Thread):
                                 job.next_at = min(job.next_at, time.monotonic() + max(0.05, due))
                 wait = min(job.next_at for job in self.jobs) - time.monotonic()
                 self.stopping.wait(max(0.05, wait))
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("housekeeping lost the database (%s); retrying in %.1fs", exc, backoff)
+            except db.CONNECTION_ERRORS as exc:
+                delay = backoff.next()
+                log.warning("housekeeping lost the database (%s); retrying in %.1fs", exc, delay)
                 if conn is not None:
                     conn.close()
                 conn = None
-                self.stopping.wait(backoff)
-                backoff = min(self.settings.database.reconnect_max_backoff, backoff * 2)
+                self.stopping.wait(delay)
         if conn is not None:
             conn.close()
 

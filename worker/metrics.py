@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,7 +20,10 @@ from prometheus_client.registry import Collector
 from . import db, queue
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from .policies import Outcome
+    from .settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ def record_outcome(actor: str, outcome: Outcome) -> None:
 class DatabaseCollector(Collector):
     """Task counts by state and actor, queue depth and schedule success times, read from PostgreSQL."""
 
-    def __init__(self, dsn: str, cache_seconds: float = 10.0) -> None:
-        self.dsn = dsn
+    def __init__(self, database: DatabaseSettings, cache_seconds: float = 10.0) -> None:
+        self.database = database
+        self._pool: ConnectionPool[Any] | None = None  # made at the first scrape: one connection, kept
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._at = 0.0
@@ -62,7 +66,9 @@ class DatabaseCollector(Collector):
                                   "(future eta or retry backoff) and executing.", labels=["queue", "kind"])
         last = GaugeMetricFamily("kubetasks_schedule_last_success_timestamp_seconds",
                                  "When each schedule's last run succeeded.", labels=["schedule"])
-        with db.connect(self.dsn, connect_timeout=2, application_name="kubetasks-metrics") as conn:
+        if self._pool is None:
+            self._pool = db.pool(self.database, min_size=0, max_size=1, application_name="kubetasks-metrics")
+        with self._pool.connection(timeout=2) as conn:
             for row in queue.stats(conn):
                 tasks.add_metric([row["state"], row["actor"]], row["count"])
             for row in queue.queue_depth(conn):

@@ -36,16 +36,17 @@ RESTART_ME = 75  # exit code of a child that wants a fresh process (threads stuc
 
 def wait_for_database(settings: Settings, health: Health | None = None) -> None:
     """Block until the database answers and the schema is current, logging why while it does not."""
-    backoff = 0.5
+    backoff = db.Backoff.for_database(settings.database)
     url = settings.database.url
     while True:
         try:
-            with db.connect(url, connect_timeout=settings.database.connect_timeout) as conn:
+            with db.connect(settings.database) as conn:
                 applied = db.migrate(conn)
                 if applied:
                     log.info("applied migrations: %s", ", ".join(applied))
                 return
         except psycopg.OperationalError as exc:
+            delay = backoff.next()
             host = psycopg.conninfo.conninfo_to_dict(url).get("host", "?")
             port = psycopg.conninfo.conninfo_to_dict(url).get("port", "5432")
             if health is not None:
@@ -53,9 +54,8 @@ def wait_for_database(settings: Settings, health: Health | None = None) -> None:
                 health.reason = f"cannot reach PostgreSQL at {host}:{port}"
             log.error("cannot reach PostgreSQL at %s:%s (%s); retrying in %.1fs — check "
                       "KUBETASKS_DATABASE__URL and that the server is up",
-                      host, port, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, backoff)
-            time.sleep(backoff)
-            backoff = min(settings.database.reconnect_max_backoff, backoff * 2)
+                      host, port, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+            time.sleep(delay)
 
 
 def _configure_logging() -> None:
@@ -76,7 +76,7 @@ def serve_http(settings: Settings, health: Health, children: Children | None) ->
     if children is not None:
         exposed = CollectorRegistry()
         multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
-    exposed.register(metrics.DatabaseCollector(settings.database.url))
+    exposed.register(metrics.DatabaseCollector(settings.database))
     everyone_alive = children.alive if children is not None else (lambda: True)
     return http.serve(settings.worker.metrics_host, settings.worker.metrics_port, exposed,
                       healthz=lambda: (health.alive(60) and everyone_alive(), "worker loops turning"),
@@ -148,7 +148,7 @@ class Children:
         self.env = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restart_at: list[float] = [0.0] * count
-        self.backoff: list[float] = [0.5] * count
+        self.backoff = [db.Backoff(0.5, 30.0) for _ in range(count)]
         self.stopping = threading.Event()
         self.monitor = threading.Thread(target=self._watch, name="kubetasks-children", daemon=True)
 
@@ -174,8 +174,9 @@ class Children:
                     continue
                 if self.restart_at[index] == 0.0:
                     multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
-                    delay = 0.0 if proc.returncode == RESTART_ME else self.backoff[index]
-                    self.backoff[index] = min(30.0, self.backoff[index] * 2)
+                    delay = self.backoff[index].next()
+                    if proc.returncode == RESTART_ME:
+                        delay = 0.0  # it asked for a fresh process: not a crash
                     log.warning("worker process %s exited with %s; restarting in %.1fs", proc.pid, proc.returncode,
                                 delay)
                     self.restart_at[index] = now + delay

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 import worker_actors  # noqa: F401 - declares the actors enqueued below
 from waiting import wait_for
 from workers import WorkerProcess
