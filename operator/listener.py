@@ -51,6 +51,7 @@ class Listener(threading.Thread):
             try:
                 self._session()
                 backoff.reset()
+                continue  # a session only ends cleanly when stopping
             except (psycopg.Error, OSError) as exc:
                 delay = backoff.next()
                 log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, delay)
