@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 25
 
-.PHONY: demo test lint typecheck postgres controlplane bench crds clean
+.PHONY: demo test lint typecheck importcontract namespace postgres controlplane bench crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,22 @@ test: $(STAMP) postgres
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
-	$(MAKE) typecheck
+	$(MAKE) typecheck importcontract
 
-# mypy cannot follow setuptools' editable finder, so it reads the packages through a symlinked tree.
-typecheck: $(STAMP)
-	@rm -rf .typecheck && mkdir -p .typecheck/kubetasks \
-	  && ln -s ../../worker .typecheck/kubetasks/worker && ln -s ../../operator .typecheck/kubetasks/operator
-	MYPYPATH=.typecheck $(BIN)/mypy -p kubetasks.worker -p kubetasks.operator
+# mypy and import-linter cannot follow setuptools' editable finder (package-dir maps worker/ and operator/
+# into `kubetasks`), so both read the packages through a symlinked `kubetasks/` tree.
+NAMESPACE := .namespace
+namespace:
+	@rm -rf $(NAMESPACE) && mkdir -p $(NAMESPACE)/kubetasks \
+	  && ln -s ../../worker $(NAMESPACE)/kubetasks/worker && ln -s ../../operator $(NAMESPACE)/kubetasks/operator
+
+typecheck: $(STAMP) namespace
+	MYPYPATH=$(NAMESPACE) $(BIN)/mypy -p kubetasks.worker -p kubetasks.operator
+
+# The layers (.importlinter): the worker never imports the operator, one module each for kopf and the
+# kubernetes client, pure policy modules free of database and client code.
+importcontract: $(STAMP) namespace
+	PYTHONPATH=$(NAMESPACE) $(BIN)/lint-imports
 
 crds: $(STAMP)
 	$(BIN)/python -m kubetasks.operator.crdgen
@@ -57,4 +66,4 @@ bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .typecheck .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(NAMESPACE) .mypy_cache .ruff_cache build *.egg-info
