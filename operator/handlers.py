@@ -1,4 +1,4 @@
-"""Kopf registrations, and nothing else: each handler hands the object to `mirror` or `autoscaler`.
+"""Kopf registrations, and nothing else: each handler hands the object to `taskruns`, `schedules` or `autoscaler`.
 
 Run it with `kopf run -m kubetasks.operator.handlers --all-namespaces` (add `--liveness
 http://0.0.0.0:8080/healthz` for probes). The database URL and actor modules come from the worker's
@@ -6,7 +6,7 @@ settings (`KUBETASKS_DATABASE__URL`, `KUBETASKS_WORKER__MODULES`), the rest from
 
 Kopf keeps its handler progress in `status.kopf` rather than annotations, so the operator writes only
 `.status` and its finalizer (`kubetasks.dev/finalizer`) on the objects users own. Kopf peering is not used:
-every write is idempotent and deduplicated in the database (see `reconcile`), so a second replica cannot
+every write is idempotent and deduplicated in the database (see `store`), so a second replica cannot
 create a second task or run; it only duplicates work and, at worst, an Event.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from . import autoscaler, config, firing, listener, mirror, resources, scaling
+from . import autoscaler, config, firing, listener, resources, scaling, schedules, taskruns
 from .runtime import Runtime
 
 FINALIZER = f"{resources.GROUP}/finalizer"
@@ -61,17 +61,17 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(*_SCHEDULES)
 @kopf.on.update(*_SCHEDULES)
 def schedule_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.reconcile_schedule(_rt(memo), body)
+    schedules.reconcile(_rt(memo), body)
 
 
 @kopf.on.delete(*_SCHEDULES)
 def schedule_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.forget_schedule(_rt(memo), body)
+    schedules.forget(_rt(memo), body)
 
 
 @kopf.timer(*_SCHEDULES, interval=_op.schedule_sync_interval.total_seconds(), initial_delay=1.0)
 def schedule_sync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    mirror.sync_schedule(_rt(memo), namespace or "", name)
+    schedules.sync(_rt(memo), namespace or "", name)
 
 
 # -- TaskRun ----------------------------------------------------------------------------------------------
@@ -81,12 +81,12 @@ def schedule_sync(namespace: str | None, name: str, memo: Any, **_: Any) -> None
 @kopf.on.create(*_TASKRUNS)
 @kopf.on.update(*_TASKRUNS)
 def taskrun_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.reconcile_taskrun(_rt(memo), body)
+    taskruns.reconcile(_rt(memo), body)
 
 
 @kopf.on.delete(*_TASKRUNS)
 def taskrun_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.forget_taskrun(_rt(memo), body)
+    taskruns.forget(_rt(memo), body)
 
 
 # -- WorkerPool -------------------------------------------------------------------------------------------
