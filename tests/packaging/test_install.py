@@ -56,6 +56,9 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     assert not (site / "operator").exists()  # no top-level `operator` package is ever installed
+    assert not (site / "kubetasks" / "operator" / "crdgen.py").exists()  # developer tooling: crds/generate.py
+    assert sorted(p.name for p in (site / "kubetasks" / "operator" / "sql").glob("*.sql")) == [
+        "schedules.sql", "tasks.sql"]
     code = f"import sys; sys.path.insert(0, {str(site)!r}); exec({PROBE!r})"
     import json
 
