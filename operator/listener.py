@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from kubetasks.worker import db, protocol
 
 from . import schedules, store, taskruns
@@ -52,7 +50,7 @@ class Listener(threading.Thread):
                 self._session()
                 backoff.reset()
                 continue  # a session only ends cleanly when stopping
-            except (psycopg.Error, OSError) as exc:
+            except (*db.CONNECTION_ERRORS, OSError) as exc:
                 delay = backoff.next()
                 log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception:  # an API error must not end the thread: the resync will catch up
