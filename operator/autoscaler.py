@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from . import reconcile, resources, scaling, status
+from . import resources, scaling, status, store
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,35 +47,35 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
     target = spec.scale_target_ref.name
     deployment = rt.kube.get_deployment(namespace, target)
     if deployment is None:
-        new = {"conditions": [status.condition("Ready", "False", "TargetNotFound",
-                                               f"Deployment {target} does not exist", now,
-                                               old.get("conditions") or (), generation)],
-               "observedGeneration": generation}
-        if mirror_changed(old, new):
+        new = resources.WorkerPoolStatus(
+            conditions=[status.condition("Ready", "False", "TargetNotFound", f"Deployment {target} does not exist",
+                                         now, old.get("conditions") or (), generation)],
+            observed_generation=generation).patch()
+        if status.changed(old, new):
             rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
             rt.kube.event(dict(body), "Warning", "TargetNotFound", f"Deployment {target} does not exist")
         return new
     current = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
     per = concurrency(spec, deployment)
     with rt.connection() as conn:
-        load = reconcile.pool_load(conn, spec.queues)
+        load = store.pool_load(conn, spec.queues)
     bounds = scaling.Bounds(min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, per_replica=per,
                             stabilization=float(spec.scale_down_stabilization_seconds))
     decision = scaling.decide(time.monotonic() if clock is None else clock, current, load, bounds, memory)
     last_scale = old.get("lastScaleTime")
     if decision.desired != current:
         rt.kube.set_scale(namespace, target, decision.desired)
-        last_scale = resources.rfc3339(now)
+        last_scale = now
         message = (f"Scaled {target} from {current} to {decision.desired}: {load.runnable} runnable and "
                    f"{load.running} running tasks, {per} per replica")
         log.info("WorkerPool %s/%s: %s", namespace, name, message)
         rt.kube.event(dict(body), "Normal", "Scaled", message)
     before = old.get("conditions") or ()
     active = load.runnable + load.running > 0
-    new = {
-        "desired": decision.desired, "current": decision.desired if decision.desired != current else current,
-        "queued": load.runnable, "running": load.running, "concurrency": per, "lastScaleTime": last_scale,
-        "conditions": [
+    new = resources.WorkerPoolStatus(
+        desired=decision.desired, current=decision.desired if decision.desired != current else current,
+        queued=load.runnable, running=load.running, concurrency=per, last_scale_time=last_scale,
+        conditions=[
             status.condition("Ready", "True", decision.reason,
                              f"{decision.recommended} replica(s) recommended, {decision.floor} busy", now, before,
                              generation),
@@ -83,13 +83,8 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
                              f"{load.runnable} runnable, {load.running} running on queues "
                              + ", ".join(spec.queues), now, before, generation),
         ],
-        "observedGeneration": generation,
-    }
-    if mirror_changed(old, new):
+        observed_generation=generation,
+    ).patch()
+    if status.changed(old, new):
         rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
     return new
-
-
-def mirror_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether `new` says anything `old` does not (condition timestamps aside, which only move with status)."""
-    return any(old.get(key) != value for key, value in new.items())

@@ -13,7 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import reconcile, resources
+from . import resources
+
+
+def child_name(schedule: str, task_id: int) -> str:
+    """A scheduled run's TaskRun name: deterministic, so every replica and retry agrees on it."""
+    return f"{schedule}-{task_id}"
 
 
 def owner_reference(schedule: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,7 +39,7 @@ def taskrun_body(schedule: Mapping[str, Any], task: Mapping[str, Any]) -> dict[s
         "apiVersion": resources.API_VERSION,
         "kind": resources.TASKRUN.kind,
         "metadata": {
-            "name": reconcile.child_name(meta["name"], task["id"]),
+            "name": child_name(meta["name"], task["id"]),
             "namespace": meta["namespace"],
             "labels": {resources.SCHEDULE_LABEL: meta["name"], resources.TASK_ID_LABEL: str(task["id"])},
             "ownerReferences": [owner_reference(schedule)],
@@ -82,5 +87,5 @@ def plan(existing: Mapping[str, int | None], kept: Iterable[int], schedule: str)
     have = {task_id for task_id in existing.values() if task_id is not None}
     delete = sorted(name for name, task_id in existing.items()
                     if task_id is not None and task_id not in wanted
-                    and name == reconcile.child_name(schedule, task_id))
+                    and name == child_name(schedule, task_id))
     return Plan(create=sorted(wanted - have), delete=delete)

@@ -2,13 +2,13 @@
 
 The database URL and the actor modules are the worker's settings (`KUBETASKS_DATABASE__URL`,
 `KUBETASKS_WORKER__MODULES`): the operator imports the same modules so it can refuse a Schedule or TaskRun
-naming an actor that no worker would know, before anything is enqueued.
+naming an actor that no worker would know, before anything is enqueued. They are read once, by the startup
+handler in `handlers`, and passed on in the `Runtime`.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import cache
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,8 +38,3 @@ class OperatorSettings(BaseSettings):
         True, description="Refuse specs naming an actor the modules in KUBETASKS_WORKER__MODULES do not "
                           "declare; turn off when the operator image lacks the worker's code.")
     pool_size: int = Field(4, ge=1, le=64, description="Database connections of the operator.")
-
-
-@cache
-def get_operator_settings() -> OperatorSettings:
-    return OperatorSettings()

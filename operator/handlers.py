@@ -1,27 +1,33 @@
-"""Kopf registrations, and nothing else: each handler hands the object to `mirror` or `autoscaler`.
+"""Kopf registrations, and nothing else: each handler hands the object to `taskruns`, `schedules` or
+`autoscaler`. The only module importing kopf.
 
 Run it with `kopf run -m kubetasks.operator.handlers --all-namespaces` (add `--liveness
 http://0.0.0.0:8080/healthz` for probes). The database URL and actor modules come from the worker's
 settings (`KUBETASKS_DATABASE__URL`, `KUBETASKS_WORKER__MODULES`), the rest from `KUBETASKS_OPERATOR__*`.
+Both are read once, in the startup handler, and travel in the `Runtime` kept in Kopf's memo; importing
+this module reads nothing. That is why a Schedule's periodic sync is a daemon rather than a Kopf timer:
+a timer's interval is fixed when the decorator runs, at import, before any setting is read.
 
 Kopf keeps its handler progress in `status.kopf` rather than annotations, so the operator writes only
 `.status` and its finalizer (`kubetasks.dev/finalizer`) on the objects users own. Kopf peering is not used:
-every write is idempotent and deduplicated in the database (see `reconcile`), so a second replica cannot
+every write is idempotent and deduplicated in the database (see `store`), so a second replica cannot
 create a second task or run; it only duplicates work and, at worst, an Event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from . import autoscaler, config, firing, listener, mirror, resources, scaling
+from kubetasks.worker.settings import Settings
+
+from . import autoscaler, config, firing, listener, resources, scaling, schedules, taskruns
 from .runtime import Runtime
 
 FINALIZER = f"{resources.GROUP}/finalizer"
-_op = config.get_operator_settings()
 _SCHEDULES = (resources.GROUP, resources.VERSION, resources.SCHEDULE.plural)
 _TASKRUNS = (resources.GROUP, resources.VERSION, resources.TASKRUN.plural)
 _POOLS = (resources.GROUP, resources.VERSION, resources.WORKERPOOL.plural)
@@ -40,7 +46,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.lastHandled")
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.peering.standalone = True
-    rt = Runtime.create()
+    rt = Runtime.create(Settings(), config.OperatorSettings())
     memo["runtime"] = rt
     rt.start_thread(listener.Listener(rt))
     if rt.operator.run_scheduler:
@@ -61,17 +67,24 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(*_SCHEDULES)
 @kopf.on.update(*_SCHEDULES)
 def schedule_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.reconcile_schedule(_rt(memo), body)
+    schedules.reconcile(_rt(memo), body)
 
 
 @kopf.on.delete(*_SCHEDULES)
 def schedule_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.forget_schedule(_rt(memo), body)
+    schedules.forget(_rt(memo), body)
 
 
-@kopf.timer(*_SCHEDULES, interval=_op.schedule_sync_interval.total_seconds(), initial_delay=1.0)
-def schedule_sync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    mirror.sync_schedule(_rt(memo), namespace or "", name)
+@kopf.daemon(*_SCHEDULES, initial_delay=1.0, cancellation_timeout=5.0)
+async def schedule_sync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Every `schedule_sync_interval`, like a timer; async, so many Schedules hold no thread between syncs."""
+    rt = _rt(memo)
+    while True:
+        try:
+            await asyncio.to_thread(schedules.sync, rt, namespace or "", name)
+        except Exception as exc:  # sync again on the next pass; the cause is in the log
+            logger.exception(f"schedule sync failed: {exc}")
+        await asyncio.sleep(rt.operator.schedule_sync_interval.total_seconds())
 
 
 # -- TaskRun ----------------------------------------------------------------------------------------------
@@ -81,12 +94,12 @@ def schedule_sync(namespace: str | None, name: str, memo: Any, **_: Any) -> None
 @kopf.on.create(*_TASKRUNS)
 @kopf.on.update(*_TASKRUNS)
 def taskrun_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.reconcile_taskrun(_rt(memo), body)
+    taskruns.reconcile(_rt(memo), body)
 
 
 @kopf.on.delete(*_TASKRUNS)
 def taskrun_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    mirror.forget_taskrun(_rt(memo), body)
+    taskruns.forget(_rt(memo), body)
 
 
 # -- WorkerPool -------------------------------------------------------------------------------------------

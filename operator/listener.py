@@ -22,11 +22,9 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from kubetasks.worker import db, protocol
 
-from . import mirror, reconcile
+from . import schedules, store, taskruns
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ class Listener(threading.Thread):
                 self._session()
                 backoff.reset()
                 continue  # a session only ends cleanly when stopping
-            except (psycopg.Error, OSError) as exc:
+            except (*db.CONNECTION_ERRORS, OSError) as exc:
                 delay = backoff.next()
                 log.warning("listener: database connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception:  # an API error must not end the thread: the resync will catch up
@@ -62,8 +60,8 @@ class Listener(threading.Thread):
 
     def _session(self) -> None:
         with db.connect(self.rt.settings.database, application_name="kubetasks-operator-listener") as conn:
-            conn.execute(f"LISTEN {protocol.STATE_CHANNEL}")
-            conn.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
+            store.listen(conn, protocol.STATE_CHANNEL)
+            store.listen(conn, protocol.QUEUE_CHANNEL)
             self.resync()  # whatever changed while nobody listened
             interval = self.rt.operator.resync_interval.total_seconds()
             next_resync = time.monotonic() + interval
@@ -95,46 +93,44 @@ class Listener(threading.Thread):
             self.new_runs()
         if ids:
             with self.rt.connection() as conn:
-                rows = reconcile.task_views(conn, ids)
+                rows = store.task_views(conn, ids)
             self.mirror(rows)
 
     def new_runs(self) -> None:
         """TaskRuns for runs of operator-managed Schedules inserted since the last look."""
         with self.rt.connection() as conn:
             if self.after_id is None:
-                self.after_id = reconcile.max_task_id(conn)
+                self.after_id = store.max_task_id(conn)
                 return
-            rows = reconcile.scheduled_after(conn, self.after_id)
+            rows = store.scheduled_after(conn, self.after_id)
         if rows:
             self.after_id = max(row["id"] for row in rows)
             self.mirror(rows, create_missing=True)
 
     def resync(self) -> None:
         with self.rt.connection() as conn:
-            row = conn.execute("SELECT now() AS now").fetchone()
-            assert row is not None
-            started = row["now"]
+            started = store.database_now(conn)
             since = self.since if self.since is not None else started - self.rt.operator.resync_interval * 2
-            rows = reconcile.changed_since(conn, since - RESYNC_MARGIN)
+            rows = store.changed_since(conn, since - RESYNC_MARGIN)
             if self.after_id is None:
-                self.after_id = reconcile.max_task_id(conn)
+                self.after_id = store.max_task_id(conn)
         self.mirror(rows)
         self.since = started
 
     def mirror(self, rows: list[dict[str, Any]], create_missing: bool | None = None) -> None:
-        schedules: set[tuple[str, str]] = set()
+        touched: set[tuple[str, str]] = set()
         for row in rows:
             try:
-                mirror.sync_task(self.rt, row, create_missing=create_missing)
+                taskruns.sync_task(self.rt, row, create_missing=create_missing)
             except Exception:
                 log.exception("listener: could not mirror task %s", row.get("id"))
                 continue
             self.handled += 1
-            target = reconcile.target_of(row)
+            target = store.target_of(row)
             if target is not None and target.schedule is not None:
-                schedules.add((target.namespace, target.schedule))
-        for namespace, name in sorted(schedules):  # Active, Last Schedule, Last Success, pruning
+                touched.add((target.namespace, target.schedule))
+        for namespace, name in sorted(touched):  # Active, Last Schedule, Last Success, pruning
             try:
-                mirror.sync_schedule(self.rt, namespace, name)
+                schedules.sync(self.rt, namespace, name)
             except Exception:
                 log.exception("listener: could not sync Schedule %s/%s", namespace, name)

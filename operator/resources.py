@@ -3,13 +3,15 @@
 Schedule's spec is `kubetasks.worker.manifests.ScheduleSpec`, shared with `kubetasks apply -f`, so a
 manifest file and a custom resource can never disagree. Everything else the operator owns lives here:
 the Schedule status, TaskRun and WorkerPool spec and status, and the per-kind CRD facts (names, printer
-columns, CEL rules) that `crdgen` turns into YAML. Field descriptions are what `kubectl explain` shows.
+columns, CEL rules) that `crds/generate.py` turns into YAML. Field descriptions are what `kubectl explain` shows.
 
-Status models double as the operator's output format: `dump()` gives the dict patched onto `.status`.
+Status models double as the operator's output format: `patch()` gives the dict merged onto `.status`, so a
+misspelt field is a type error (mypy's pydantic plugin) instead of a key the apiserver silently prunes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -52,8 +54,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     def dump(self) -> dict[str, Any]:
-        """The JSON-ready, camelCase dict of the set fields (what a status merge-patch carries)."""
+        """The JSON-ready, camelCase dict of the fields that have a value (a condition, a sparse object)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def patch(self) -> dict[str, Any]:
+        """The JSON merge patch of this status: exactly the fields given, camelCase, JSON-ready; a field given
+        as None deletes the key it names, a field not given (`kopf`, say) leaves the stored one alone."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class Condition(_Model):
@@ -311,3 +318,9 @@ WORKERPOOL = Kind(
 )
 
 KINDS = (SCHEDULE, TASKRUN, WORKERPOOL)
+
+
+def identity(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(namespace, name, uid) of a custom resource's body."""
+    meta = body["metadata"]
+    return meta["namespace"], meta["name"], meta.get("uid", "")

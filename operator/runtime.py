@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from kubetasks.worker import db, registry
 from kubetasks.worker.db import Conn
-from kubetasks.worker.settings import Settings, get_settings
+from kubetasks.worker.settings import Settings
 
 from . import config
 from .kube import Kube
@@ -94,10 +94,8 @@ class Runtime:
     threads: list[Any] = field(default_factory=list)
 
     @classmethod
-    def create(cls, settings: Settings | None = None, operator: config.OperatorSettings | None = None,
-               api: Kube | None = None) -> Runtime:
-        settings = settings or get_settings()
-        operator = operator or config.get_operator_settings()
+    def create(cls, settings: Settings, operator: config.OperatorSettings, api: Kube | None = None) -> Runtime:
+        """Everything the operator shares, from settings the caller built (Kopf's startup handler, a test)."""
         if operator.validate_actors:
             registry.load_modules(settings.worker.modules)
         pool = db.pool(settings.database, max_size=operator.pool_size, application_name="kubetasks-operator")

@@ -58,13 +58,25 @@ def condition(type_: str, status: str, reason: str, message: str, now: datetime,
     since: Any = now
     if before is not None and before.get("status") == status and before.get("lastTransitionTime"):
         since = before["lastTransitionTime"]
-    built: dict[str, Any] = {
-        "type": type_, "status": status, "reason": reason, "message": _clip(message, MESSAGE_BYTES),
-        "lastTransitionTime": since if isinstance(since, str) else resources.rfc3339(since),
-    }
-    if generation is not None:
-        built["observedGeneration"] = generation
-    return built
+    return resources.Condition(type=type_, status=status, reason=reason, message=_clip(message, MESSAGE_BYTES),
+                               last_transition_time=since, observed_generation=generation).dump()
+
+
+def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether the status patch `new` says anything `old` does not: the test before every status write.
+
+    Condition timestamps need no special case: `condition` keeps them unless the status moved."""
+    return any(old.get(key) != value for key, value in new.items())
+
+
+def condition_changed(old: Mapping[str, Any], new: Mapping[str, Any], type_: str) -> bool:
+    """Whether the `type_` condition's status, reason or message differ between two statuses."""
+
+    def pick(s: Mapping[str, Any]) -> tuple[Any, ...]:
+        found: Mapping[str, Any] = next((c for c in s.get("conditions") or () if c.get("type") == type_), {})
+        return (found.get("status"), found.get("reason"), found.get("message"))
+
+    return pick(old) != pick(new)
 
 
 def _clip(text: str, limit: int, keep_end: bool = False) -> str:
@@ -156,19 +168,12 @@ def taskrun_status(task: TaskView, now: datetime, previous: Mapping[str, Any] | 
     if task.started_at is not None:
         end = task.finished_at or (now if task.state not in protocol.FINAL_STATES else task.updated_at)
         duration = human_duration(max(0.0, (end - task.started_at).total_seconds()))
-    return {
-        "state": task.state,
-        "conditions": [succeeded],
-        "attempt": task.attempts,
-        "maxAttempts": task.max_retries + 1,
-        "startTime": resources.rfc3339(task.started_at) if task.started_at else None,
-        "completionTime": resources.rfc3339(task.finished_at) if task.finished_at else None,
-        "duration": duration,
-        "message": _clip(message, MESSAGE_BYTES),
-        "taskId": task.id,
-        "logTail": log_tail(task.log),
-        "observedGeneration": generation if generation is not None else previous.get("observedGeneration"),
-    }
+    return resources.TaskRunStatus(
+        state=task.state, conditions=[succeeded], attempt=task.attempts, max_attempts=task.max_retries + 1,
+        start_time=task.started_at, completion_time=task.finished_at, duration=duration,
+        message=_clip(message, MESSAGE_BYTES), task_id=task.id, log_tail=log_tail(task.log),
+        observed_generation=generation if generation is not None else previous.get("observedGeneration"),
+    ).patch()
 
 
 def transition(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[str, str, str] | None:
@@ -217,12 +222,11 @@ def schedule_status(view: ScheduleView | None, now: datetime, previous: Mapping[
     before = previous.get("conditions") or ()
     if invalid is not None or view is None:
         reason, message = invalid or ("NotApplied", "The schedule is not stored yet")
-        return {
-            "conditions": [condition(READY, "False", reason, message, now, before, generation),
-                           *[c for c in before if c.get("type") != READY]],
-            "nextScheduleTime": None,
-            "observedGeneration": generation,
-        }
+        return resources.ScheduleStatus(
+            conditions=[condition(READY, "False", reason, message, now, before, generation),
+                        *[c for c in before if c.get("type") != READY]],
+            next_schedule_time=None, observed_generation=generation,
+        ).patch()
     conditions = [
         condition(READY, "True", "Scheduled", "Stored; the scheduler fires it on time", now, before,
                   generation),
@@ -237,13 +241,8 @@ def schedule_status(view: ScheduleView | None, now: datetime, previous: Mapping[
         conditions.append(condition(LAST_RUN_FAILED, "False", "LastRunSucceeded" if view.last_state else "NoRuns",
                                     "The most recent finished run did not fail" if view.last_state
                                     else "No run has finished yet", now, before))
-    return {
-        "conditions": conditions,
-        "lastScheduleTime": resources.rfc3339(view.last_run) if view.last_run else None,
-        "lastSuccessfulTime": resources.rfc3339(view.last_success) if view.last_success else None,
-        "nextScheduleTime": resources.rfc3339(view.next_run) if view.next_run and not view.paused else None,
-        "lastRunState": view.last_state,
-        "lastRunName": view.last_name,
-        "active": view.active,
-        "observedGeneration": generation,
-    }
+    return resources.ScheduleStatus(
+        conditions=conditions, last_schedule_time=view.last_run, last_successful_time=view.last_success,
+        next_schedule_time=view.next_run if not view.paused else None, last_run_state=view.last_state,
+        last_run_name=view.last_name, active=view.active, observed_generation=generation,
+    ).patch()

@@ -1,4 +1,4 @@
-"""Named SQL queries, loaded from the `.sql` files beside this module.
+"""Named SQL queries, loaded from the `.sql` files beside this module (and, through `load`, the operator's).
 
 Each query is a block introduced by `-- name: why`; reviewing the SQL means reading one file per table.
 Advisory lock classes are written `{lock:attempt}` in the files and filled in from `protocol` on load, so
@@ -8,6 +8,7 @@ the numbers live in one place.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import LiteralString
@@ -38,11 +39,11 @@ def _lock_class(match: re.Match[str]) -> str:
         raise ValueError(f"unknown advisory lock class {match.group(0)!r} in SQL") from None
 
 
-@cache
-def all_queries() -> dict[str, LiteralString]:
+def load(package: str, files: Sequence[str]) -> dict[str, LiteralString]:
+    """The named queries of `files` in `package` (a package holding `.sql` data); names are unique across them."""
     found: dict[str, LiteralString] = {}
-    folder = resources.files("kubetasks.worker.sql")
-    for filename in QUERY_FILES:
+    folder = resources.files(package)
+    for filename in files:
         resource = folder / filename
         if not resource.is_file():
             continue
@@ -51,6 +52,11 @@ def all_queries() -> dict[str, LiteralString]:
                 raise ValueError(f"query {name!r} is defined in more than one file")
             found[name] = sql
     return found
+
+
+@cache
+def all_queries() -> dict[str, LiteralString]:
+    return load("kubetasks.worker.sql", QUERY_FILES)
 
 
 def get(name: str) -> LiteralString:

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# A few of the operator's named queries (operator/sql/*.sql): the files must ship in the wheel too.
+OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "pool_load"}
 
 PROBE = """
 import importlib.resources, json, operator, sys, sysconfig
 import kubetasks.worker, kubetasks.operator
 from kubetasks.worker import db, queries
+from kubetasks.operator import store
 print(json.dumps({
     "worker": kubetasks.worker.__file__,
     "operator_pkg": kubetasks.operator.__file__,
@@ -22,6 +25,7 @@ print(json.dumps({
     "stdlib": sysconfig.get_paths()["stdlib"],
     "migrations": [m.name for m in db.migrations()],
     "queries": len(queries.all_queries()),
+    "operator_queries": sorted(store.all_queries()),
 }))
 """
 
@@ -40,6 +44,7 @@ def test_editable_install_maps_folders_into_one_namespace() -> None:
     assert found["operator_pkg"] == str(ROOT / "operator" / "__init__.py")
     assert str(found["stdlib_operator"]).startswith(str(found["stdlib"]))
     assert found["migrations"] and found["queries"]
+    assert set(found["operator_queries"]) >= OPERATOR_QUERIES
 
 
 @pytest.mark.slow
@@ -51,6 +56,9 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     assert not (site / "operator").exists()  # no top-level `operator` package is ever installed
+    assert not (site / "kubetasks" / "operator" / "crdgen.py").exists()  # developer tooling: crds/generate.py
+    assert sorted(p.name for p in (site / "kubetasks" / "operator" / "sql").glob("*.sql")) == [
+        "schedules.sql", "tasks.sql"]
     code = f"import sys; sys.path.insert(0, {str(site)!r}); exec({PROBE!r})"
     import json
 
@@ -60,3 +68,4 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     assert found["operator_pkg"] == str(site / "kubetasks" / "operator" / "__init__.py")
     assert str(found["stdlib_operator"]).startswith(str(found["stdlib"]))
     assert found["migrations"] and found["queries"]
+    assert set(found["operator_queries"]) >= OPERATOR_QUERIES

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from waiting import wait_for
 
-from kubetasks.operator import autoscaler, config, listener, mirror, reconcile, resources, scaling
+from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, taskruns
 from kubetasks.operator.runtime import Runtime
 from kubetasks.worker import db, queue
 from kubetasks.worker.registry import actor
@@ -115,15 +115,15 @@ def finish(conn: db.Conn, task_id: int, state: str = "successful", reason: str =
 def test_taskrun_gets_one_task_and_one_event_per_transition(rt: Runtime, conn: db.Conn) -> None:
     kube = fake(rt)
     body = kube.put(resources.TASKRUN, {"metadata": {"name": "job"}, "spec": {"actor": "optest.mirror"}})
-    mirror.reconcile_taskrun(rt, body)
-    mirror.reconcile_taskrun(rt, kube.get(resources.TASKRUN, "ns", "job") or {})  # a re-delivery
+    taskruns.reconcile(rt, body)
+    taskruns.reconcile(rt, kube.get(resources.TASKRUN, "ns", "job") or {})  # a re-delivery
     (task,) = queue.list_tasks(conn)
     assert task.object_ref == f"taskrun/ns/job/{body['metadata']['uid']}"
     status = kube.objects[("taskruns", "ns", "job")]["status"]
     assert (status["state"], status["taskId"], status["conditions"][0]["reason"]) == ("queued", task.id, "Queued")
     assert kube.events == [("job", "Normal", "Queued")]
     finish(conn, task.id, "error", "TimedOut")
-    mirror.sync_task(rt, reconcile.task_views(conn, [task.id])[0])
+    taskruns.sync_task(rt, store.task_views(conn, [task.id])[0])
     cond = kube.objects[("taskruns", "ns", "job")]["status"]["conditions"][0]
     assert (cond["status"], cond["reason"]) == ("False", "TimedOut")
     assert kube.events[-1] == ("job", "Warning", "TimedOut")
@@ -132,11 +132,11 @@ def test_taskrun_gets_one_task_and_one_event_per_transition(rt: Runtime, conn: d
 def test_rows_of_a_deleted_taskrun_never_touch_a_new_one_of_the_same_name(rt: Runtime, conn: db.Conn) -> None:
     kube = fake(rt)
     old = kube.put(resources.TASKRUN, {"metadata": {"name": "same"}, "spec": {"actor": "optest.mirror"}})
-    mirror.reconcile_taskrun(rt, old)
+    taskruns.reconcile(rt, old)
     kube.delete(resources.TASKRUN, "ns", "same")
     kube.put(resources.TASKRUN, {"metadata": {"name": "same"}, "spec": {"actor": "optest.mirror"}})
     (task,) = queue.list_tasks(conn)
-    mirror.sync_task(rt, reconcile.task_views(conn, [task.id])[0])
+    taskruns.sync_task(rt, store.task_views(conn, [task.id])[0])
     assert "status" not in kube.objects[("taskruns", "ns", "same")]
 
 
@@ -145,13 +145,13 @@ def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.
     schedule = kube.put(resources.SCHEDULE, {"metadata": {"name": "nightly"}, "spec": {
         "actor": "optest.mirror", "schedule": "@daily", "successfulRunsHistoryLimit": 1,
         "failedRunsHistoryLimit": 1}})
-    mirror.reconcile_schedule(rt, schedule)
+    schedules.reconcile(rt, schedule)
     ready = kube.objects[("schedules", "ns", "nightly")]["status"]["conditions"][0]
     assert (ready["type"], ready["status"]) == ("Ready", "True")
     runs = [queue.enqueue(conn, "optest.mirror", schedule_name="ns/nightly", settings=settings) for _ in range(3)]
     finish(conn, runs[0].id)
     finish(conn, runs[1].id)
-    mirror.sync_schedule(rt, "ns", "nightly")
+    schedules.sync(rt, "ns", "nightly")
     names = sorted(n for (p, _, n) in kube.objects if p == "taskruns")
     assert names == [f"nightly-{runs[1].id}", f"nightly-{runs[2].id}"]  # one success kept, plus the live run
     child = kube.objects[("taskruns", "ns", f"nightly-{runs[2].id}")]
@@ -161,7 +161,7 @@ def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.
     assert (status["active"], status["lastRunState"], status["lastRunName"]) == (
         1, "queued", f"nightly-{runs[2].id}")
     finish(conn, runs[2].id)
-    mirror.sync_schedule(rt, "ns", "nightly")
+    schedules.sync(rt, "ns", "nightly")
     assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [f"nightly-{runs[2].id}"]
 
 
@@ -169,8 +169,8 @@ def test_an_invalid_schedule_is_refused_once(rt: Runtime, conn: db.Conn) -> None
     kube = fake(rt)
     body = kube.put(resources.SCHEDULE, {"metadata": {"name": "bad"}, "spec": {
         "actor": "optest.mirror", "schedule": "@daily", "timeZone": "Nowhere/Land"}})
-    mirror.reconcile_schedule(rt, body)
-    mirror.reconcile_schedule(rt, body)
+    schedules.reconcile(rt, body)
+    schedules.reconcile(rt, body)
     ready = kube.objects[("schedules", "ns", "bad")]["status"]["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidTimeZone")
     assert kube.events == [("bad", "Warning", "InvalidTimeZone")]
@@ -180,7 +180,7 @@ def test_an_invalid_schedule_is_refused_once(rt: Runtime, conn: db.Conn) -> None
 def test_listener_mirrors_a_state_change_promptly(rt: Runtime, conn: db.Conn) -> None:
     kube = fake(rt)
     body = kube.put(resources.TASKRUN, {"metadata": {"name": "live"}, "spec": {"actor": "optest.mirror"}})
-    mirror.reconcile_taskrun(rt, body)
+    taskruns.reconcile(rt, body)
     (task,) = queue.list_tasks(conn)
     thread = listener.Listener(rt)
     rt.start_thread(thread)

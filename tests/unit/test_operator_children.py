@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetasks.operator import children, reconcile
+from kubetasks.operator import children, store
 
 SCHEDULE = {"apiVersion": "kubetasks.dev/v1alpha1", "kind": "Schedule",
             "metadata": {"name": "nightly", "namespace": "team-a", "uid": "u-1"}}
@@ -45,17 +45,17 @@ def test_plan_creates_missing_and_prunes_unwanted_own_children_only() -> None:
 
 def test_targets_route_rows_to_taskruns() -> None:
     user = {"id": 1, "object_ref": "taskrun/ns/job/uid-9", "schedule_name": None}
-    assert reconcile.target_of(user) == reconcile.Target("ns", "job", uid="uid-9")
+    assert store.target_of(user) == store.Target("ns", "job", uid="uid-9")
     run = {"id": 5, "object_ref": None, "schedule_name": "ns/nightly", "schedule_source": "operator"}
-    assert reconcile.target_of(run) == reconcile.Target("ns", "nightly-5", schedule="nightly")
+    assert store.target_of(run) == store.Target("ns", "nightly-5", schedule="nightly")
     triggered = {**run, "object_ref": "trigger/ns/nightly/2024-01-01"}
-    assert reconcile.target_of(triggered) == reconcile.Target("ns", "nightly-5", schedule="nightly")
+    assert store.target_of(triggered) == store.Target("ns", "nightly-5", schedule="nightly")
     from_manifest = {**run, "schedule_source": "manifest"}
-    assert reconcile.target_of(from_manifest) is None
-    assert reconcile.target_of({"id": 3, "object_ref": "taskrun/broken"}) is None
+    assert store.target_of(from_manifest) is None
+    assert store.target_of({"id": 3, "object_ref": "taskrun/broken"}) is None
 
 
 def test_trigger_refs_stay_short() -> None:
-    assert reconcile.trigger_ref("ns", "n", "v1") == "trigger/ns/n/v1"
-    long = reconcile.trigger_ref("ns", "n", "x" * 1000)
+    assert store.trigger_ref("ns", "n", "v1") == "trigger/ns/n/v1"
+    long = store.trigger_ref("ns", "n", "x" * 1000)
     assert len(long) < 120 and long.startswith("trigger/ns/n/sha256:")

@@ -1,4 +1,5 @@
-"""Custom resource specs -> database rows: the operator's writes to PostgreSQL, each one idempotent.
+"""The operator's database layer: custom resource specs -> rows, each write idempotent, and the reads that
+mirror rows back onto custom resources. Its SQL is `operator/sql/*.sql`, loaded by the worker's loader.
 
 Kopf may deliver the same creation twice (a restart before its progress was stored, a second operator
 replica), so nothing here trusts "this is the first time":
@@ -10,7 +11,8 @@ replica), so nothing here trusts "this is the first time":
 * a manual trigger marks the run it created with `object_ref` "trigger/<namespace>/<name>/<value>", under
   the same kind of lock, so one annotation value fires exactly once however often it is seen.
 
-Only Kubernetes-free code lives here; reading and writing custom resources is `mirror`'s job.
+Only Kubernetes-free code lives here; reading and writing custom resources is the job of `taskruns` and
+`schedules`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,31 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from functools import cache
+from typing import Any, LiteralString
 
-from kubetasks.worker import manifests, protocol, queue, schedules
+from psycopg import sql
+
+from kubetasks.worker import manifests, queries, queue, schedules
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings
 
-from . import queries, resources, scaling
+from . import children, resources, scaling
 
 TASKRUN_PREFIX = "taskrun/"
 TRIGGER_PREFIX = "trigger/"
 _MAX_REF = 512
+QUERY_FILES = ("tasks.sql", "schedules.sql")
+
+
+@cache
+def all_queries() -> dict[str, LiteralString]:
+    return queries.load("kubetasks.operator.sql", QUERY_FILES)
+
+
+def query(name: str) -> LiteralString:
+    return all_queries()[name]
 
 
 def row_name(namespace: str, name: str) -> str:
@@ -49,11 +65,6 @@ class Target:
     schedule: str | None = None  # a scheduled run: the owning Schedule's name (the TaskRun may not exist yet)
 
 
-def child_name(schedule: str, task_id: int) -> str:
-    """A scheduled run's TaskRun name: deterministic, so every replica and retry agrees on it."""
-    return f"{schedule}-{task_id}"
-
-
 def target_of(row: dict[str, Any]) -> Target | None:
     """The TaskRun a task row belongs to, or None when no custom resource mirrors it."""
     ref = row.get("object_ref") or ""
@@ -65,12 +76,12 @@ def target_of(row: dict[str, Any]) -> Target | None:
     schedule_name = row.get("schedule_name") or ""
     if row.get("schedule_source") == "operator" and schedule_name.count("/") == 1:
         namespace, schedule = schedule_name.split("/")
-        return Target(namespace=namespace, name=child_name(schedule, row["id"]), schedule=schedule)
+        return Target(namespace=namespace, name=children.child_name(schedule, row["id"]), schedule=schedule)
     return None
 
 
 def _lock(conn: Conn, key: str) -> None:
-    conn.execute(queries.LOCK_KEY, {"lock_class": protocol.OPERATOR_LOCK, "key": key})
+    conn.execute(query("lock_key"), {"key": key})
 
 
 # -- TaskRun ----------------------------------------------------------------------------------------------
@@ -81,7 +92,7 @@ def ensure_task(conn: Conn, ref: str, spec: resources.TaskRunSpec, *, validate_a
     """The task of a TaskRun, inserted the first time: (task, created). Raises InvalidInput on a bad spec."""
     with conn.transaction():
         _lock(conn, ref)
-        row = conn.execute(queries.TASK_BY_REF, {"ref": ref}).fetchone()
+        row = conn.execute(query("task_by_ref"), {"ref": ref}).fetchone()
         if row is not None:
             return queue.Task.from_row(row), False
         task = queue.enqueue(
@@ -93,7 +104,7 @@ def ensure_task(conn: Conn, ref: str, spec: resources.TaskRunSpec, *, validate_a
 
 
 def find_task(conn: Conn, ref: str) -> queue.Task | None:
-    row = conn.execute(queries.TASK_BY_REF, {"ref": ref}).fetchone()
+    row = conn.execute(query("task_by_ref"), {"ref": ref}).fetchone()
     return queue.Task.from_row(row) if row is not None else None
 
 
@@ -142,7 +153,7 @@ def trigger_once(conn: Conn, namespace: str, name: str, value: str, *,
             return done, False
         task = schedules.trigger(conn, row_name(namespace, name), settings=settings)
         if task.created:
-            conn.execute(queries.TASK_MARK_REF, {"ref": ref, "id": task.id})
+            conn.execute(query("task_mark_ref"), {"ref": ref, "id": task.id})
         return task, task.created
 
 
@@ -162,9 +173,9 @@ def schedule_runs(conn: Conn, namespace: str, name: str, keep_successful: int, k
         row: dict[str, Any] | None = schedules.get(conn, key)
     except schedules.ScheduleNotFound:
         row = None
-    kept = list(conn.execute(queries.SCHEDULE_KEPT_RUNS, {
+    kept = list(conn.execute(query("schedule_kept_runs"), {
         "name": key, "keep_successful": keep_successful, "keep_failed": keep_failed}))
-    latest = conn.execute(queries.SCHEDULE_LATEST_RUNS, {"name": key}).fetchone() or {}
+    latest = conn.execute(query("schedule_latest_runs"), {"name": key}).fetchone() or {}
     return ScheduleRuns(row=row, kept=kept, newest=latest.get("newest"), finished=latest.get("finished"))
 
 
@@ -175,23 +186,36 @@ def task_views(conn: Conn, ids: Iterable[int]) -> list[dict[str, Any]]:
     wanted = sorted(set(ids))
     if not wanted:
         return []
-    return list(conn.execute(queries.TASK_VIEWS, {"ids": wanted}))
+    return list(conn.execute(query("task_views"), {"ids": wanted}))
 
 
 def changed_since(conn: Conn, since: Any, limit: int = 1000) -> list[dict[str, Any]]:
-    return list(conn.execute(queries.TASKS_CHANGED_SINCE, {"since": since, "limit": limit}))
+    return list(conn.execute(query("tasks_changed_since"), {"since": since, "limit": limit}))
 
 
 def scheduled_after(conn: Conn, after: int, limit: int = 500) -> list[dict[str, Any]]:
-    return list(conn.execute(queries.SCHEDULE_TASKS_AFTER, {"after": after, "limit": limit}))
+    return list(conn.execute(query("schedule_tasks_after"), {"after": after, "limit": limit}))
+
+
+def listen(conn: Conn, channel: str) -> None:
+    """LISTEN on one of `protocol`'s channels (an identifier, so composed here rather than kept in a file)."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+def database_now(conn: Conn) -> datetime:
+    """The database's clock: cursors over row times are read on it, never on the operator's."""
+    row = conn.execute(query("database_now")).fetchone()
+    assert row is not None
+    now: datetime = row["now"]
+    return now
 
 
 def max_task_id(conn: Conn) -> int:
-    row = conn.execute(queries.MAX_TASK_ID).fetchone()
+    row = conn.execute(query("max_task_id")).fetchone()
     return int(row["id"]) if row else 0
 
 
 def pool_load(conn: Conn, queues: Sequence[str]) -> scaling.Load:
-    row = conn.execute(queries.POOL_LOAD, {"queues": list(queues)}).fetchone() or {}
+    row = conn.execute(query("pool_load"), {"queues": list(queues)}).fetchone() or {}
     return scaling.Load(runnable=int(row.get("runnable") or 0), running=int(row.get("running") or 0))
 
