@@ -50,6 +50,7 @@ namespace:
 
 typecheck: $(STAMP) namespace
 	MYPYPATH=$(NAMESPACE) $(BIN)/mypy -p kubetasks.worker -p kubetasks.operator
+	MYPYPATH=$(NAMESPACE) $(BIN)/mypy crds/generate.py
 
 # The layers (.importlinter): the worker never imports the operator, one module each for kopf and the
 # kubernetes client, pure policy modules free of database and client code.
