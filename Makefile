@@ -16,9 +16,7 @@ $(STAMP): pyproject.toml
 
 # PostgreSQL: Debian's package when we are root and it is missing; the `pgserver` wheel otherwise.
 postgres: $(STAMP)
-	@$(BIN)/python -c "from kubetasks.worker import pgserver as p; import sys; sys.exit(0 if p.find_bindir() else 1)" \
-	  || $(BIN)/python -c "from kubetasks.worker import pgserver as p; import sys; sys.exit(0 if p.install_debian_postgres() else 1)" \
-	  || $(BIN)/pip install -q pgserver
+	@$(BIN)/python tests/postgres_install.py || $(BIN)/pip install -q pgserver
 
 # A node-less Kubernetes control plane (kube-apiserver + etcd) for the operator's end-to-end tests.
 controlplane:

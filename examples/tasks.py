@@ -1,7 +1,7 @@
 """Example actors for `kubetasks dev -f examples/`: one succeeds, one reports a warning, one fails once.
 
-The worker imports this file because `kubetasks dev` lists it in KUBETASKS_WORKER__MODULES; in a real
-deployment you would list your own modules there.
+The worker imports this file because `kubetasks dev` lists it in the worker's modules; in a real
+deployment you would list your own modules in KUBETASKS_WORKER__MODULES.
 """
 
 from __future__ import annotations

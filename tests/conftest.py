@@ -10,6 +10,7 @@ import itertools
 import os
 from collections.abc import Iterator
 
+import postgres_install
 import pytest
 
 from kubetasks.worker import db, pgserver
@@ -20,9 +21,7 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[pgserver.LocalPostgres]:
-    bindir = pgserver.find_bindir()
-    if bindir is None and pgserver.install_debian_postgres():
-        bindir = pgserver.find_bindir()
+    bindir = postgres_install.ensure_postgres()
     if bindir is None:
         pytest.fail("PostgreSQL binaries not found; run `make test`, which installs them")
     server = pgserver.LocalPostgres(bindir, extra_settings={"max_locks_per_transaction": "64"})

@@ -3,6 +3,9 @@
 Failures that a retry can fix (a 503, a timeout, a non-zero exit) raise ordinary exceptions so the retry
 policy applies; mistakes in the arguments, and commands the operator did not allow, raise `TaskError`,
 which fails the task at once (retrying the same mistake would only repeat it).
+
+The command allow-list is the running worker's (from the task's context), never something a task can pass:
+called outside a worker, as in a test or a script, the environment's KUBETASKS_* settings apply.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import context
 from .context import TaskError
 from .registry import actor
-from .settings import get_settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,12 @@ def _read(response: Any) -> str:
     return raw.decode(charset or "utf-8", errors="replace")
 
 
+def _settings() -> Settings:
+    """The settings of the worker running this task; outside one, those the environment gives now."""
+    ctx = context.current_or_none()
+    return ctx.settings if ctx is not None and ctx.settings is not None else Settings()
+
+
 @actor(name="kubetasks.command")
 def command(argv: Sequence[str], timeout: float = 60.0, cwd: str | None = None,
             env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -113,7 +123,7 @@ def command(argv: Sequence[str], timeout: float = 60.0, cwd: str | None = None,
             or not all(isinstance(a, str) for a in argv)):
         raise TaskError(f"kubetasks.command: argv must be a non-empty list of strings, not {argv!r}; "
                         "pass e.g. ['echo', 'hello'] (no shell is used)")
-    allowed = get_settings().worker.command_allowlist
+    allowed = _settings().worker.command_allowlist
     if argv[0] not in allowed:
         listed = jsonlib.dumps([*allowed, argv[0]])
         raise TaskError(f"kubetasks.command: {argv[0]!r} is not allowed; allow it on the worker with "

@@ -68,7 +68,7 @@ class Consumer:
         self.executor = Executor(worker.threads, self._on_outcome,
                                  backoff_base=worker.retry_backoff_base.total_seconds(),
                                  backoff_max=worker.retry_backoff_max.total_seconds(),
-                                 abandoned_limit=worker.abandoned_threads_limit)
+                                 abandoned_limit=worker.abandoned_threads_limit, settings=settings)
         self.outcomes: collections.deque[tuple[Job, policies.Outcome]] = collections.deque()
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()

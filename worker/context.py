@@ -13,7 +13,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 LOG_LIMIT = 64 * 1024  # characters kept per attempt; the tail wins
 
@@ -49,6 +52,7 @@ class TaskContext:
     attempt: int
     max_retries: int
     time_limit: float
+    settings: Settings | None = None  # of the worker running the task (built-in actors read their limits here)
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: type[Interrupted] = TimeLimitExceeded
     reported: str | None = None  # 'warning' or 'error' when the task said so itself

@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import context, policies, registry
 from .context import Interrupted, TaskContext, TimeLimitExceeded
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,9 @@ class TaskThread(threading.Thread):
 
 class Executor:
     def __init__(self, threads: int, sink: OutcomeSink, *, backoff_base: float, backoff_max: float,
-                 abandon_grace: float = 2.0, abandoned_limit: int = 8) -> None:
+                 abandon_grace: float = 2.0, abandoned_limit: int = 8, settings: Settings | None = None) -> None:
         self.size = threads
+        self.settings = settings  # handed to each task's context
         self.sink = sink
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -137,6 +141,7 @@ class Executor:
         thread.start()
 
     def submit(self, job: Job) -> None:
+        job.ctx.settings = self.settings
         with self.lock:
             self.inflight[job.task_id] = job
         self.jobs.put(job)

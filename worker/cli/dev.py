@@ -1,15 +1,14 @@
 """`kubetasks dev`: everything on one laptop, with nothing to install or configure first.
 
-It starts a private PostgreSQL (gone afterwards), migrates it, applies the manifests, runs `kubetasks worker`
-as a child process pointed at it, and prints task counts once a second until Ctrl-C or `--duration`.
-Python files beside the manifests are imported by the worker as actor modules. Cron has minute resolution,
-so each schedule is also triggered once at start-up (said so on screen), which makes the first runs appear
-within seconds.
+It starts a private PostgreSQL (gone afterwards), migrates it, applies the manifests, runs a worker as a
+child process pointed at it, and prints task counts once a second until Ctrl-C or `--duration`. Python files
+beside the manifests are imported by the worker as actor modules. Cron has minute resolution, so each
+schedule is also triggered once at start-up (said so on screen), which makes the first runs appear within
+seconds. The worker gets its settings as JSON in one environment variable, as the runner's own children do.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,15 +16,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
 import click
 
-from . import db, manifests, pgserver, protocol, queue, registry, schedules
-from .settings import Settings
+from .. import db, manifests, pgserver, protocol, queries, queue, registry, runner, schedules
+from ..settings import Settings
+from . import apply
 
 DEMO_ALLOWLIST = ["echo", "date"]  # what the example manifests run with kubetasks.command
+ACTOR_HINT = " (put the *.py file declaring it in a folder given to -f)"
 
 
 def actor_modules(paths: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -42,21 +44,33 @@ def actor_modules(paths: Sequence[Path]) -> tuple[list[str], list[str]]:
     return folders, modules
 
 
-def worker_env(dsn: str, folders: list[str], modules: list[str], threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "KUBETASKS_DATABASE__URL": dsn,
-        "KUBETASKS_WORKER__MODULES": json.dumps(modules),
-        "KUBETASKS_WORKER__THREADS": str(threads),
-        "KUBETASKS_WORKER__SCHEDULER_INTERVAL": "1",
-        "KUBETASKS_WORKER__RETRY_BACKOFF_BASE": "1",
+def dev_settings(base: Settings, dsn: str, modules: list[str], threads: int) -> Settings:
+    """`base` (the environment's settings) pointed at the private database and tuned for watching a demo."""
+    overrides = {
+        "modules": modules,
+        "threads": threads,
+        "scheduler_interval": timedelta(seconds=1),
+        "retry_backoff_base": timedelta(seconds=1),
         # A retry's eta passes without a notification; scan often so retries show up promptly.
-        "KUBETASKS_WORKER__CONSUMER_LISTEN_TIMEOUT": "1",
-        "KUBETASKS_WORKER__METRICS_PORT": "0",  # several `dev` sessions must not fight over a port
-        "PYTHONPATH": os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])]),
-    })
-    env.setdefault("KUBETASKS_WORKER__COMMAND_ALLOWLIST", json.dumps(DEMO_ALLOWLIST))
+        "consumer_listen_timeout": timedelta(seconds=1),
+        "metrics_port": 0,  # several `dev` sessions must not fight over a port
+    }
+    if "command_allowlist" not in base.worker.model_fields_set:  # KUBETASKS_WORKER__COMMAND_ALLOWLIST wins
+        overrides["command_allowlist"] = DEMO_ALLOWLIST
+    return base.model_copy(update={"database": base.database.model_copy(update={"url": dsn}),
+                                   "worker": base.worker.model_copy(update=overrides)})
+
+
+def worker_env(settings: Settings, folders: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env[runner.SETTINGS_ENV] = settings.model_dump_json()
+    env["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
+
+
+def worker_main() -> None:
+    """Entry point of the worker child: `kubetasks worker` with the settings the dev loop handed over."""
+    sys.exit(runner.run(Settings.model_validate_json(os.environ[runner.SETTINGS_ENV])))
 
 
 def counts(conn: db.Conn) -> dict[str, int]:
@@ -76,9 +90,10 @@ def delayed(conn: db.Conn) -> int:
     return sum(int(row["delayed"]) for row in queue.queue_depth(conn))
 
 
-def run(paths: Sequence[Path], *, duration: float | None = None, threads: int = 4, trigger: bool = True,
-        out: TextIO | None = None) -> int:
-    """Run the whole dev loop; returns the exit code (0 when at least one task succeeded)."""
+def run(paths: Sequence[Path], settings: Settings, *, duration: float | None = None, threads: int = 4,
+        trigger: bool = True, out: TextIO | None = None) -> int:
+    """Run the whole dev loop; returns the exit code (0 when at least one task succeeded). `settings` are the
+    environment's; the database URL and the worker's tuning are replaced by the dev loop's own."""
     def say(message: str = "") -> None:
         click.echo(message, file=out)
 
@@ -92,38 +107,35 @@ def run(paths: Sequence[Path], *, duration: float | None = None, threads: int = 
         + (f"; actor modules: {', '.join(modules)}" if modules else ""))
     say("starting a private PostgreSQL (removed on exit)…")
     with pgserver.embedded_postgres() as dsn:
+        settings = dev_settings(settings, dsn, modules, threads)
         db.migrate(dsn)
-        settings = Settings.model_validate({"database": {"url": dsn}})
-        with db.connect(dsn) as conn:
-            with conn.transaction():
-                for _, manifest in loaded:
-                    schedules.validate(manifest.row_name, manifest.spec, settings=settings)
-                for _, manifest in loaded:
-                    row = schedules.apply(conn, manifest.row_name, manifest.spec, settings=settings)
-                    nxt = "paused" if row["paused"] else f"next run {row['next_run']:%Y-%m-%d %H:%M:%S%z}"
-                    say(f"  {row['name']}: {row['actor']} '{row['cron']}' ({row['time_zone']}), {nxt}")
+        for row in apply.apply_all(loaded, settings, actor_hint=ACTOR_HINT, application_name="kubetasks-dev"):
+            nxt = "paused" if row["paused"] else f"next run {row['next_run']:%Y-%m-%d %H:%M:%S%z}"
+            say(f"  {row['name']}: {row['actor']} '{row['cron']}' ({row['time_zone']}), {nxt}")
+        with db.connect(settings.database, application_name="kubetasks-dev") as conn:
             if trigger:
                 for _, manifest in loaded:
                     schedules.trigger(conn, manifest.row_name, settings=settings)
                 say("triggered each schedule once now, so runs show up without waiting for the next minute "
                     "(--no-trigger to skip)")
-            return _watch(conn, dsn, folders, modules, threads, duration, say)
+            return _watch(conn, settings, folders, duration, say)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _watch(conn: db.Conn, dsn: str, folders: list[str], modules: list[str], threads: int,
-           duration: float | None, say: Callable[..., None]) -> int:
-    env = worker_env(dsn, folders, modules, threads)
+def _watch(conn: db.Conn, settings: Settings, folders: list[str], duration: float | None,
+           say: Callable[..., None]) -> int:
+    env = worker_env(settings, folders)
     log_path = Path(tempfile.mkdtemp(prefix="kubetasks-dev-")) / "worker.log"
-    say(f"starting the worker ({threads} threads); its log: {log_path}")
+    say(f"starting the worker ({settings.worker.threads} threads); its log: {log_path}")
     say("press Ctrl-C to stop" + (f" (or wait {duration:g}s)" if duration else ""))
     with open(log_path, "wb") as log_file:
         # Own session: Ctrl-C reaches only us, and we stop the worker gracefully with SIGTERM.
-        worker = subprocess.Popen([sys.executable, "-m", "kubetasks.worker.cli", "worker"], env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-c", "from kubetasks.worker.cli.dev import worker_main; worker_main()"], env=env,
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.monotonic()
         crashed = False
         try:
@@ -157,16 +169,13 @@ def _summary(conn: db.Conn, say: Callable[..., None], crashed: bool) -> int:
     by_state = counts(conn)
     say("summary: " + ", ".join(f"{n} {state}" for state, n in by_state.items() if n) if any(by_state.values())
         else "summary: no tasks ran")
-    rows = conn.execute("SELECT coalesce(schedule_name, '-') AS schedule, state::text AS state, count(*) AS n"
-                        " FROM kubetasks.tasks GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
     per_schedule: dict[str, list[str]] = {}
-    for row in rows:
+    for row in conn.execute(queries.get("task_stats_by_schedule")):
         per_schedule.setdefault(row["schedule"], []).append(f"{row['n']} {row['state']}")
     for name, parts in per_schedule.items():
         say(f"  {name}: {', '.join(parts)}")
-    succeeded = by_state["successful"] + by_state["warning"]
+    succeeded = sum(by_state[state] for state in protocol.OK_STATES)
     if crashed or not succeeded:
         say("no task succeeded" if not succeeded else "the worker crashed")
         return 1
     return 0
-
