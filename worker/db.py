@@ -6,12 +6,14 @@ reconnection delay policy: doubling from a first delay up to the settings' `reco
 
 Migrations are numbered `.sql` files applied in order inside one transaction each; a transaction-level
 advisory lock serialises concurrent `kubetasks migrate` runs, so two processes starting at once are safe.
+Their bookkeeping statements are in `sql/database.sql`; `sql/schema.sql` is what they add up to.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -19,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import protocol
+from . import queries
 from .settings import DatabaseSettings
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -108,11 +110,19 @@ class Backoff:
         self.current = self.first
 
 
+def now(conn: Conn) -> datetime:
+    """The database's clock (`clock_timestamp()`), so replicas with skewed clocks agree on what is due."""
+    row = conn.execute(queries.get("clock_now")).fetchone()
+    assert row is not None
+    at: datetime = row["now"]
+    return at
+
+
 def applied_versions(conn: Conn) -> set[int]:
-    exists = conn.execute("SELECT to_regclass('kubetasks.schema_migrations') IS NOT NULL AS e").fetchone()
+    exists = conn.execute(queries.get("migration_table_exists")).fetchone()
     if not exists or not exists["e"]:
         return set()
-    return {row["version"] for row in conn.execute("SELECT version FROM kubetasks.schema_migrations")}
+    return {row["version"] for row in conn.execute(queries.get("migration_list"))}
 
 
 def migrate(dsn_or_conn: str | Conn) -> list[str]:
@@ -122,17 +132,13 @@ def migrate(dsn_or_conn: str | Conn) -> list[str]:
     try:
         for migration in migrations():
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (protocol.MIGRATION_LOCK,))
-                conn.execute("CREATE SCHEMA IF NOT EXISTS kubetasks")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS kubetasks.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())")
+                conn.execute(queries.get("migration_lock"))
+                conn.execute(queries.get("migration_schema_create"))
+                conn.execute(queries.get("migration_table_create"))
                 if migration.version in applied_versions(conn):
                     continue
                 conn.execute(psycopg.sql.SQL(migration.sql))
-                conn.execute("INSERT INTO kubetasks.schema_migrations (version, name) VALUES (%s, %s)",
-                             (migration.version, migration.name))
+                conn.execute(queries.get("migration_record"), {"version": migration.version, "name": migration.name})
                 applied.append(migration.name)
     finally:
         if isinstance(dsn_or_conn, str):

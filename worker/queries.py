@@ -16,7 +16,7 @@ from . import protocol
 
 _HEADER = re.compile(r"^-- ([a-z_]+): .*$", re.MULTILINE)
 _LOCK_CLASS = re.compile(r"\{lock:([a-z]+)\}")
-QUERY_FILES = ("tasks.sql", "schedules.sql")
+QUERY_FILES = ("tasks.sql", "schedules.sql", "database.sql")
 
 
 def parse(text: str) -> dict[str, LiteralString]:

@@ -1,0 +1,27 @@
+-- Queries about the database as a whole rather than one table: its clock and the migration bookkeeping.
+-- Migrations run one per transaction under the one-key advisory lock {lock:migration} (protocol.MIGRATION_LOCK).
+
+-- clock_now: the database's clock, so processes on hosts with skewed clocks agree on what is due.
+SELECT clock_timestamp() AS now;
+
+-- migration_lock: serialise concurrent `kubetasks migrate` runs until this transaction ends.
+SELECT pg_advisory_xact_lock({lock:migration});
+
+-- migration_schema_create: the schema the bookkeeping table lives in, before the first migration makes the rest.
+CREATE SCHEMA IF NOT EXISTS kubetasks;
+
+-- migration_table_create: the bookkeeping table, one row per applied migration (also in schema.sql).
+CREATE TABLE IF NOT EXISTS kubetasks.schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- migration_table_exists: whether any migration ever ran here (to_regclass is NULL for a missing table).
+SELECT to_regclass('kubetasks.schema_migrations') IS NOT NULL AS e;
+
+-- migration_list: the versions already applied.
+SELECT version FROM kubetasks.schema_migrations;
+
+-- migration_record: note a migration as applied, in the transaction that applied it.
+INSERT INTO kubetasks.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
