@@ -110,6 +110,11 @@ class Backoff:
         self.current = self.first
 
 
+def listen(channel: str) -> psycopg.sql.Composed:
+    """The statement that subscribes a connection to one of protocol's notification channels."""
+    return psycopg.sql.SQL(queries.get("channel_listen")).format(channel=psycopg.sql.Identifier(channel))
+
+
 def now(conn: Conn) -> datetime:
     """The database's clock (`clock_timestamp()`), so replicas with skewed clocks agree on what is due."""
     row = conn.execute(queries.get("clock_now")).fetchone()

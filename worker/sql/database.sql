@@ -1,5 +1,10 @@
--- Queries about the database as a whole rather than one table: its clock and the migration bookkeeping.
+-- Queries about the database as a whole rather than one table: notifications, its clock and the migration
+-- bookkeeping. Keep each block's "-- name: why" to one line: a further comment line would open the statement
+-- text, which is what pg_stat_activity shows (and a test looks for 'LISTEN%' there).
 -- Migrations run one per transaction under the one-key advisory lock {lock:migration} (protocol.MIGRATION_LOCK).
+
+-- channel_listen: receive a channel's notifications ({channel}: a protocol name; LISTEN takes no parameter).
+LISTEN {channel};
 
 -- clock_now: the database's clock, so processes on hosts with skewed clocks agree on what is due.
 SELECT clock_timestamp() AS now;

@@ -15,6 +15,9 @@ UNION ALL
 SELECT *, false AS created FROM kubetasks.tasks
 WHERE dedup_key = %(dedup_key)s AND state IN ('queued', 'running') AND NOT EXISTS (SELECT FROM inserted);
 
+-- task_copy_in: bulk enqueue (enqueue_many) by COPY; rows are written in exactly this column order.
+COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit) FROM STDIN;
+
 -- task_get: one task by id.
 SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
 
@@ -123,6 +126,9 @@ SET state = 'queued', reason = 'Queued', worker = NULL, attempts = 0, eta = now(
 WHERE id = %(id)s AND state NOT IN ('queued', 'running')
 RETURNING *;
 
+-- queue_notify: wake a queue's workers for a task the insert trigger does not announce (a retry is an UPDATE).
+SELECT pg_notify(%(channel)s, %(payload)s);
+
 -- task_cancel: cancel a task that has not finished; the worker running it is told on channel kubetasks_cancel.
 WITH cancelled AS (
     UPDATE kubetasks.tasks
@@ -145,3 +151,13 @@ DELETE FROM kubetasks.tasks t USING doomed WHERE t.id = doomed.id;
 
 -- attempts_of_task: the per-attempt log, oldest first.
 SELECT * FROM kubetasks.task_attempts WHERE task_id = %(id)s ORDER BY attempt;
+
+-- task_list: a page of tasks, newest first. {filters} is composed from a TaskFilter in queue.py (only the
+-- conditions asked for, so each query keeps the plan of its index) and may end with the keyset `id < before_id`.
+SELECT * FROM kubetasks.tasks WHERE {filters} ORDER BY id DESC LIMIT %(limit)s;
+
+-- task_delete_matching: delete the tasks matching {filters} (a TaskFilter), unfinished ones only when asked.
+DELETE FROM kubetasks.tasks WHERE {filters} AND (%(include_unfinished)s OR state NOT IN ('queued', 'running'));
+
+-- queue_flush: drop the tasks waiting in a queue that never started; running ones finish normally.
+DELETE FROM kubetasks.tasks WHERE queue = %(queue)s AND state = 'queued' AND worker IS NULL;
