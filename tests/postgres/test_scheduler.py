@@ -60,6 +60,13 @@ def test_run_carries_the_schedule_options(conn: db.Conn, settings: Settings) -> 
         {"x": [1]}, "reports", 7, 12.5, 0)
 
 
+def test_run_carries_the_schedule_retry_backoff(conn: db.Conn, settings: Settings) -> None:
+    # What 0002's retry_backoff column is for: each run's retries wait that long first.
+    make(conn, retries={"limit": 2, "backoffSeconds": 7.5})
+    [task_id] = scheduler.fire_due(conn, settings, now=T0 + H)
+    assert queue.get_task(conn, task_id).retry_backoff == 7.5
+
+
 @pytest.mark.slow
 def test_two_schedulers_racing_fire_each_tick_exactly_once(dsn: str, conn: db.Conn, settings: Settings,
                                                            caplog: pytest.LogCaptureFixture) -> None:
