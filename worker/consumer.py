@@ -151,7 +151,7 @@ class Consumer:
         pending = {job.task_id for job, _ in self.outcomes} | set(self.executor.inflight)
         if not pending or self.work is None:
             return
-        rows = await (await self.work.execute(queries.get("lock_again"),
+        rows = await (await self.work.execute(queries.get("attempt_relock"),
                                               {"ids": sorted(pending), "worker": self.name})).fetchall()
         kept = {row["id"] for row in rows}
         lost = pending - kept

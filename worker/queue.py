@@ -207,7 +207,7 @@ def get_task(conn: Conn, task_id: int) -> Task:
 
 
 def attempts(conn: Conn, task_id: int) -> list[dict[str, Any]]:
-    return list(conn.execute(queries.get("attempts_of_task"), {"id": task_id}))
+    return list(conn.execute(queries.get("attempt_list"), {"id": task_id}))
 
 
 def retry_task(conn: Conn, task_id: int) -> Task:
@@ -301,7 +301,7 @@ def stats(conn: Conn) -> list[dict[str, Any]]:
 
 def queue_depth(conn: Conn) -> list[dict[str, Any]]:
     """Runnable, delayed and executing tasks per queue."""
-    return list(conn.execute(queries.get("runnable_count_by_queue")))
+    return list(conn.execute(queries.get("queue_count_tasks")))
 
 
 def purge(conn: Conn, older_than_seconds: float, batch: int, max_batches: int = 1000) -> int:

@@ -1,10 +1,10 @@
 """Fire due schedules: turn cron ticks into tasks, exactly once per tick, whoever runs the scheduler.
 
-Every worker replica runs `fire_due` from housekeeping, so several schedulers race all the time. Each due
-schedule is handled in its own short transaction: the row is locked with `FOR UPDATE SKIP LOCKED` (a second
-scheduler skips it, or re-checks `next_run` after the first one committed and finds it no longer due), the
-run is enqueued with the tick's time in `schedule_tick` (the unique index `tasks_schedule_tick` makes a
-second run of one tick impossible even if the locking were bypassed), and `next_run` is advanced by
+Every worker replica (in its housekeeping) and the operator fire, so several schedulers race all the time.
+Each due schedule is handled in its own short transaction: the row is locked with `FOR UPDATE SKIP LOCKED`
+(a second scheduler skips it, or re-checks `next_run` after the first one committed and finds it no longer
+due), the run is enqueued with the tick's time in `schedule_tick` (the unique index `tasks_schedule_tick`
+makes a second run of one tick impossible even if the locking were bypassed), and `next_run` is advanced by
 compare-and-set. The run and the advance commit together or not at all.
 
 `FiringService` is the one loop policy for whoever fires: the worker's housekeeping and the operator (which

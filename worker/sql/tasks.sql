@@ -60,7 +60,7 @@ SELECT count(*) FILTER (WHERE pg_advisory_unlock({lock:attempt}, (id & 214748364
 FROM unnest(%(ids)s::bigint[]) AS id
 WHERE (SELECT count(*) FROM finished) >= 0;
 
--- lock_again: after a reconnection, take back the advisory locks of attempts still in flight here;
+-- attempt_relock: after a reconnection, take back the advisory locks of attempts still in flight here;
 -- returns those this worker still owns (a rescuer or another worker may have taken the rest).
 WITH mine AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s
@@ -107,7 +107,7 @@ WITH suspects AS MATERIALIZED (
 )
 SELECT id, attempts, state FROM rescued;
 
--- runnable_count_by_queue: queue depth (runnable now) and tasks in flight, per queue.
+-- queue_count_tasks: queue depth (runnable now) and tasks in flight, per queue.
 SELECT queue,
        count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
        count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
@@ -149,7 +149,7 @@ WITH doomed AS (
 )
 DELETE FROM kubetasks.tasks t USING doomed WHERE t.id = doomed.id;
 
--- attempts_of_task: the per-attempt log, oldest first.
+-- attempt_list: the per-attempt log, oldest first.
 SELECT * FROM kubetasks.task_attempts WHERE task_id = %(id)s ORDER BY attempt;
 
 -- task_list: a page of tasks, newest first. {filters} is composed from a TaskFilter in queue.py (only the
