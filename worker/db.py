@@ -4,8 +4,9 @@ Every connection kubetasks opens comes from `connect`, `connect_async` or `pool`
 connect timeout and an application_name that says who holds it in `pg_stat_activity`. `Backoff` is the one
 reconnection delay policy: doubling from a first delay up to the settings' `reconnect_max_backoff`.
 
-Migrations are numbered `.sql` files applied in order inside one transaction each; a transaction-level
-advisory lock serialises concurrent `kubetasks migrate` runs, so two processes starting at once are safe.
+Migrations are numbered `.sql` files applied in order inside one transaction each; a session-level
+advisory lock held for the whole run serialises concurrent `kubetasks migrate` runs, so two processes
+starting at once are safe (the first applies everything pending, the others find nothing left).
 Their bookkeeping statements are in `sql/database.sql`; `sql/schema.sql` is what they add up to.
 """
 
@@ -131,22 +132,30 @@ def applied_versions(conn: Conn) -> set[int]:
 
 
 def migrate(dsn_or_conn: str | Conn) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+    """Apply pending migrations; return the names applied (empty when up to date).
+
+    The migration lock is held by the session for the whole run, not per migration: a second run waiting
+    for it would otherwise slip in between two migrations of the first and apply the next one itself, so
+    which process applied what depended on timing."""
     conn = connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     applied: list[str] = []
     try:
-        for migration in migrations():
-            with conn.transaction():
-                conn.execute(queries.get("migration_lock"))
-                conn.execute(queries.get("migration_schema_create"))
-                conn.execute(queries.get("migration_table_create"))
-                if migration.version in applied_versions(conn):
-                    continue
-                conn.execute(psycopg.sql.SQL(migration.sql))
-                conn.execute(queries.get("migration_record"), {"version": migration.version, "name": migration.name})
-                applied.append(migration.name)
+        conn.execute(queries.get("migration_lock"))
+        try:
+            for migration in migrations():
+                with conn.transaction():
+                    conn.execute(queries.get("migration_schema_create"))
+                    conn.execute(queries.get("migration_table_create"))
+                    if migration.version in applied_versions(conn):
+                        continue
+                    conn.execute(psycopg.sql.SQL(migration.sql))
+                    conn.execute(queries.get("migration_record"),
+                                 {"version": migration.version, "name": migration.name})
+                    applied.append(migration.name)
+        finally:
+            if not conn.broken:  # a lost connection took its lock with it
+                conn.execute(queries.get("migration_unlock"))
     finally:
         if isinstance(dsn_or_conn, str):
             conn.close()
     return applied
-

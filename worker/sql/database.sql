@@ -1,7 +1,7 @@
 -- Queries about the database as a whole rather than one table: notifications, its clock and the migration
 -- bookkeeping. Keep each block's "-- name: why" to one line: a further comment line would open the statement
 -- text, which is what pg_stat_activity shows (and a test looks for 'LISTEN%' there).
--- Migrations run one per transaction under the one-key advisory lock {lock:migration} (protocol.MIGRATION_LOCK).
+-- Migrations run one per transaction, all under the one-key advisory lock {lock:migration} (protocol.MIGRATION_LOCK).
 
 -- channel_listen: receive a channel's notifications ({channel}: a protocol name; LISTEN takes no parameter).
 LISTEN {channel};
@@ -9,8 +9,11 @@ LISTEN {channel};
 -- clock_now: the database's clock, so processes on hosts with skewed clocks agree on what is due.
 SELECT clock_timestamp() AS now;
 
--- migration_lock: serialise concurrent `kubetasks migrate` runs until this transaction ends.
-SELECT pg_advisory_xact_lock({lock:migration});
+-- migration_lock: serialise concurrent `kubetasks migrate` runs; held by the session across all migrations.
+SELECT pg_advisory_lock({lock:migration});
+
+-- migration_unlock: let the next `kubetasks migrate` in, once this one applied (or failed) everything.
+SELECT pg_advisory_unlock({lock:migration});
 
 -- migration_schema_create: the schema the bookkeeping table lives in, before the first migration makes the rest.
 CREATE SCHEMA IF NOT EXISTS kubetasks;
