@@ -33,7 +33,8 @@ class OperatorSettings(BaseSettings):
         True, description="Fire due schedules from the operator too, so schedules keep firing while a "
                           "WorkerPool has scaled every worker to zero (firing is exactly-once per tick).")
     scheduler_interval: Duration = Field(
-        timedelta(seconds=5), description="How often the operator fires due schedules.")
+        timedelta(seconds=5), description="Longest gap between the operator's firing passes; it also wakes "
+                                          "when the next schedule is due.")
     validate_actors: bool = Field(
         True, description="Refuse specs naming an actor the modules in KUBETASKS_WORKER__MODULES do not "
                           "declare; turn off when the operator image lacks the worker's code.")

@@ -132,8 +132,8 @@ class Consumer:
         name = f"kubetasks-worker {self.name}"
         self.work = await db.connect_async(self.settings.database, application_name=name)
         self.listen = await db.connect_async(self.settings.database, application_name=name)
-        await self.listen.execute(f"LISTEN {protocol.QUEUE_CHANNEL}")
-        await self.listen.execute(f"LISTEN {protocol.CANCEL_CHANNEL}")
+        for channel in (protocol.QUEUE_CHANNEL, protocol.CANCEL_CHANNEL):
+            await self.listen.execute(db.listen(channel))
         await self._relock()
         self.health.ready = True
         self.health.reason = "ok"
@@ -151,7 +151,7 @@ class Consumer:
         pending = {job.task_id for job, _ in self.outcomes} | set(self.executor.inflight)
         if not pending or self.work is None:
             return
-        rows = await (await self.work.execute(queries.get("lock_again"),
+        rows = await (await self.work.execute(queries.get("attempt_relock"),
                                               {"ids": sorted(pending), "worker": self.name})).fetchall()
         kept = {row["id"] for row in rows}
         lost = pending - kept

@@ -4,14 +4,17 @@ Every connection kubetasks opens comes from `connect`, `connect_async` or `pool`
 connect timeout and an application_name that says who holds it in `pg_stat_activity`. `Backoff` is the one
 reconnection delay policy: doubling from a first delay up to the settings' `reconnect_max_backoff`.
 
-Migrations are numbered `.sql` files applied in order inside one transaction each; a transaction-level
-advisory lock serialises concurrent `kubetasks migrate` runs, so two processes starting at once are safe.
+Migrations are numbered `.sql` files applied in order inside one transaction each; a session-level
+advisory lock held for the whole run serialises concurrent `kubetasks migrate` runs, so two processes
+starting at once are safe (the first applies everything pending, the others find nothing left).
+Their bookkeeping statements are in `sql/database.sql`; `sql/schema.sql` is what they add up to.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -19,7 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import protocol
+from . import queries
 from .settings import DatabaseSettings
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -108,34 +111,51 @@ class Backoff:
         self.current = self.first
 
 
+def listen(channel: str) -> psycopg.sql.Composed:
+    """The statement that subscribes a connection to one of protocol's notification channels."""
+    return psycopg.sql.SQL(queries.get("channel_listen")).format(channel=psycopg.sql.Identifier(channel))
+
+
+def now(conn: Conn) -> datetime:
+    """The database's clock (`clock_timestamp()`), so replicas with skewed clocks agree on what is due."""
+    row = conn.execute(queries.get("clock_now")).fetchone()
+    assert row is not None
+    at: datetime = row["now"]
+    return at
+
+
 def applied_versions(conn: Conn) -> set[int]:
-    exists = conn.execute("SELECT to_regclass('kubetasks.schema_migrations') IS NOT NULL AS e").fetchone()
+    exists = conn.execute(queries.get("migration_table_exists")).fetchone()
     if not exists or not exists["e"]:
         return set()
-    return {row["version"] for row in conn.execute("SELECT version FROM kubetasks.schema_migrations")}
+    return {row["version"] for row in conn.execute(queries.get("migration_list"))}
 
 
 def migrate(dsn_or_conn: str | Conn) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+    """Apply pending migrations; return the names applied (empty when up to date).
+
+    The migration lock is held by the session for the whole run, not per migration: a second run waiting
+    for it would otherwise slip in between two migrations of the first and apply the next one itself, so
+    which process applied what depended on timing."""
     conn = connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     applied: list[str] = []
     try:
-        for migration in migrations():
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (protocol.MIGRATION_LOCK,))
-                conn.execute("CREATE SCHEMA IF NOT EXISTS kubetasks")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS kubetasks.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())")
-                if migration.version in applied_versions(conn):
-                    continue
-                conn.execute(psycopg.sql.SQL(migration.sql))
-                conn.execute("INSERT INTO kubetasks.schema_migrations (version, name) VALUES (%s, %s)",
-                             (migration.version, migration.name))
-                applied.append(migration.name)
+        conn.execute(queries.get("migration_lock"))
+        try:
+            for migration in migrations():
+                with conn.transaction():
+                    conn.execute(queries.get("migration_schema_create"))
+                    conn.execute(queries.get("migration_table_create"))
+                    if migration.version in applied_versions(conn):
+                        continue
+                    conn.execute(psycopg.sql.SQL(migration.sql))
+                    conn.execute(queries.get("migration_record"),
+                                 {"version": migration.version, "name": migration.name})
+                    applied.append(migration.name)
+        finally:
+            if not conn.broken:  # a lost connection took its lock with it
+                conn.execute(queries.get("migration_unlock"))
     finally:
         if isinstance(dsn_or_conn, str):
             conn.close()
     return applied
-

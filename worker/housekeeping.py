@@ -2,7 +2,8 @@
 rescue attempts whose worker died, purge expired tasks in batches, fire due schedules.
 
 Each job is safe to run from many processes at once (SKIP LOCKED, advisory locks, compare-and-set),
-so no leader election is needed. It runs on its own thread and connection so a slow purge never
+so no leader election is needed. Schedules are fired by `scheduler.FiringService`, the same service and
+timing the operator uses. It runs on its own thread and connection so a slow purge never
 delays claiming.
 """
 
@@ -14,9 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psycopg
-
-from . import db, queries, queue
+from . import db, queries, queue, scheduler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,6 @@ def purge(conn: db.Conn, settings: Settings) -> int:
     return queue.purge(conn, worker.task_expiration.total_seconds(), worker.task_purge_batch)
 
 
-def fire_schedules(conn: db.Conn, settings: Settings) -> int:
-    from . import scheduler
-
-    return len(scheduler.fire_due(conn, settings))
-
-
-def seconds_until_next_schedule(conn: db.Conn) -> float | None:
-    row = conn.execute(queries.get("schedule_next_due")).fetchone()
-    return None if row is None or row["seconds"] is None else float(row["seconds"])
-
-
 @dataclass
 class Job:
     name: str
@@ -64,6 +52,7 @@ class Housekeeper(threading.Thread):
         self.settings = settings
         self.stopping = threading.Event()
         worker = settings.worker
+        self.firing = scheduler.FiringService(settings, worker.scheduler_interval.total_seconds())
         start = time.monotonic()
         self.jobs = [
             # First rescue only after one interval: workers reconnecting after a database restart get
@@ -71,7 +60,7 @@ class Housekeeper(threading.Thread):
             Job("rescue", worker.rescue_interval.total_seconds(), rescue,
                 start + worker.rescue_interval.total_seconds()),
             Job("purge", worker.task_purge_interval.total_seconds(), purge, start),
-            Job("scheduler", worker.scheduler_interval.total_seconds(), fire_schedules, start),
+            Job("scheduler", self.firing.interval, lambda conn, _: self.firing.run_due(conn), start),
         ]
 
     def stop(self) -> None:
@@ -95,9 +84,7 @@ class Housekeeper(threading.Thread):
                         self._run_job(job, conn)
                         if job.name == "scheduler":
                             # Sleep until the next schedule is due rather than a whole interval: on time.
-                            due = seconds_until_next_schedule(conn)
-                            if due is not None:
-                                job.next_at = min(job.next_at, time.monotonic() + max(0.05, due))
+                            job.next_at = min(job.next_at, time.monotonic() + self.firing.next_wait(conn))
                 wait = min(job.next_at for job in self.jobs) - time.monotonic()
                 self.stopping.wait(max(0.05, wait))
             except db.CONNECTION_ERRORS as exc:
@@ -116,7 +103,7 @@ class Housekeeper(threading.Thread):
             count = len(result) if isinstance(result, list) else result
             if count:
                 log.info("housekeeping %s: %s", job.name, count)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except db.CONNECTION_ERRORS:
             raise
         except Exception:
             log.exception("housekeeping %s failed", job.name)

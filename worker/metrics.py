@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import db, queue
+from . import db, queries, queue
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -74,8 +74,7 @@ class DatabaseCollector(Collector):
             for row in queue.queue_depth(conn):
                 for kind in ("runnable", "delayed", "executing"):
                     depth.add_metric([row["queue"], kind], row[kind])
-            for row in conn.execute("SELECT name, last_success FROM kubetasks.schedules"
-                                    " WHERE last_success IS NOT NULL"):
+            for row in conn.execute(queries.get("schedule_list_last_success")):
                 last.add_metric([row["name"]], row["last_success"].timestamp())
         return [tasks, depth, last]
 

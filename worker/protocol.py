@@ -56,7 +56,7 @@ def decode_cancel(payload: str) -> int | None:
 
 # -- Advisory locks ----------------------------------------------------------------------------------------
 # Advisory lock classes: each is one kind of lock, so `pg_locks` reads by class (classid for two-key locks).
-MIGRATION_LOCK: Final = 7010  # the one-key lock (bigint 7010) held while migrations run, transaction-level
+MIGRATION_LOCK: Final = 7010  # the one-key lock (bigint 7010) a session holds while `migrate` runs
 ATTEMPT_LOCK: Final = 7011  # held (session-level) by the worker running an attempt; key = id's low 31 bits
 OPERATOR_LOCK: Final = 7012  # held (transaction-level) by the operator around "find a row, insert if missing"
 # The names the SQL files use for them, replaced by the query loader (`{lock:attempt}` → 7011).

@@ -2,6 +2,9 @@
 
 `enqueue` joins the caller's transaction when given a connection inside one; the NOTIFY the trigger
 sends is delivered only on commit, so workers never see a task that was rolled back.
+
+The statements are in `sql/tasks.sql`; only the optional filters of `list_tasks` and `delete_tasks` are
+composed here (`TaskFilter.where`), into the `{filters}` slot of their named queries.
 """
 
 from __future__ import annotations
@@ -175,9 +178,6 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
     raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
 
 
-_COPY_COLUMNS = ("queue", "actor", "args", "priority", "max_retries", "time_limit")
-
-
 def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[Any], *,
                  queue: str | None = None, priority: int | None = None, max_retries: int | None = None,
                  time_limit: float | None = None, validate: bool = True,
@@ -190,10 +190,8 @@ def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[An
                            dedup_key=None, validate=validate, settings=settings)
     limit = settings.worker.args_max_bytes
     count = 0
-    with conn.cursor().copy(
-            sql.SQL("COPY kubetasks.tasks ({}) FROM STDIN").format(
-                sql.SQL(", ").join(map(sql.Identifier, _COPY_COLUMNS)))) as copy:
-        for index, args in enumerate(many_args):
+    with conn.cursor().copy(queries.get("task_copy_in")) as copy:
+        for index, args in enumerate(many_args):  # in the column order of task_copy_in
             text = encode_args(args, limit, field=f"args[{index}]")
             copy.write_row((template["queue"], template["actor"], text, template["priority"],
                             template["max_retries"], template["time_limit"]))
@@ -209,7 +207,7 @@ def get_task(conn: Conn, task_id: int) -> Task:
 
 
 def attempts(conn: Conn, task_id: int) -> list[dict[str, Any]]:
-    return list(conn.execute(queries.get("attempts_of_task"), {"id": task_id}))
+    return list(conn.execute(queries.get("attempt_list"), {"id": task_id}))
 
 
 def retry_task(conn: Conn, task_id: int) -> Task:
@@ -218,7 +216,8 @@ def retry_task(conn: Conn, task_id: int) -> Task:
     if row is None:
         task = get_task(conn, task_id)
         raise InvalidInput("id", f"task {task_id} is {task.state}", "only finished tasks can be retried")
-    conn.execute("SELECT pg_notify('kubetasks', %s)", (f"{row['queue']}:{row['id']}",))
+    conn.execute(queries.get("queue_notify"), {
+        "channel": protocol.QUEUE_CHANNEL, "payload": protocol.encode_wakeup(row["queue"], row["id"])})
     return Task.from_row(row)
 
 
@@ -272,7 +271,7 @@ def list_tasks(conn: Conn, filters: TaskFilter = TaskFilter(), *, limit: int = 1
         where = sql.SQL("{} AND id < %(before_id)s").format(where)
         params["before_id"] = before_id
     params["limit"] = limit
-    query = sql.SQL("SELECT * FROM kubetasks.tasks WHERE {} ORDER BY id DESC LIMIT %(limit)s").format(where)
+    query = sql.SQL(queries.get("task_list")).format(filters=where)
     return [Task.from_row(row) for row in conn.execute(query, params)]
 
 
@@ -283,17 +282,15 @@ def delete_tasks(conn: Conn, filters: TaskFilter, *, include_unfinished: bool = 
         raise InvalidInput("filters", "deleting every task needs at least one filter",
                            "pass --state, --actor, --queue or --schedule")
     where, params = filters.where()
-    if not include_unfinished:
-        where = sql.SQL("{} AND state NOT IN ('queued', 'running')").format(where)
-    cur = conn.execute(sql.SQL("DELETE FROM kubetasks.tasks WHERE {}").format(where), params)
+    params["include_unfinished"] = include_unfinished
+    cur = conn.execute(sql.SQL(queries.get("task_delete_matching")).format(filters=where), params)
     return cur.rowcount
 
 
 def flush_queue(conn: Conn, queue: str) -> int:
     """Delete the tasks waiting in a queue (not yet started); running ones finish normally."""
     registry.validate_queue(queue)
-    cur = conn.execute("DELETE FROM kubetasks.tasks WHERE queue = %s AND state = 'queued' AND worker IS NULL",
-                       (queue,))
+    cur = conn.execute(queries.get("queue_flush"), {"queue": queue})
     return cur.rowcount
 
 
@@ -304,7 +301,7 @@ def stats(conn: Conn) -> list[dict[str, Any]]:
 
 def queue_depth(conn: Conn) -> list[dict[str, Any]]:
     """Runnable, delayed and executing tasks per queue."""
-    return list(conn.execute(queries.get("runnable_count_by_queue")))
+    return list(conn.execute(queries.get("queue_count_tasks")))
 
 
 def purge(conn: Conn, older_than_seconds: float, batch: int, max_batches: int = 1000) -> int:

@@ -1,93 +1,38 @@
 """Fire due schedules: turn cron ticks into tasks, exactly once per tick, whoever runs the scheduler.
 
-Every worker replica runs `fire_due` from housekeeping, so several schedulers race all the time. Each due
-schedule is handled in its own short transaction: the row is locked with `FOR UPDATE SKIP LOCKED` (a second
-scheduler skips it, or re-checks `next_run` after the first one committed and finds it no longer due), the
-run is enqueued with the tick's time in `schedule_tick` (the unique index `tasks_schedule_tick` makes a
-second run of one tick impossible even if the locking were bypassed), and `next_run` is advanced by
+Every worker replica (in its housekeeping) and the operator fire, so several schedulers race all the time.
+Each due schedule is handled in its own short transaction: the row is locked with `FOR UPDATE SKIP LOCKED`
+(a second scheduler skips it, or re-checks `next_run` after the first one committed and finds it no longer
+due), the run is enqueued with the tick's time in `schedule_tick` (the unique index `tasks_schedule_tick`
+makes a second run of one tick impossible even if the locking were bypassed), and `next_run` is advanced by
 compare-and-set. The run and the advance commit together or not at all.
 
-Cron arithmetic is croniter's on zone-aware datetimes, with one correction for daylight saving: when
-clocks go back, a wall-clock time that happens twice fires only the first time, unless the hour field is
-'*' (an hourly job then runs in both hours, as elapsed time demands). When clocks go forward, croniter moves
-a tick inside the gap to the first instant after it, so a 02:30 daily job runs at 03:00 that day instead of
-vanishing. All times returned are UTC.
+`FiringService` is the one loop policy for whoever fires: the worker's housekeeping and the operator (which
+fires too, so schedules keep firing while a WorkerPool has scaled its workers to zero). A pass fires what is
+due, then sleeps until the next schedule is due, at most one interval (a schedule applied meanwhile is seen
+within one interval). Which ticks exist is `cron`'s arithmetic; the rows and runs are `schedules`'.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
-from croniter import croniter
 
-from . import protocol, queries, queue
+from . import cron, db, queries, queue, schedules
 from .db import Conn
 from .errors import InvalidInput
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-_WALK_LIMIT = 1000  # ticks walked one by one before jumping straight to the latest one
 MIN_SKIP_TOLERANCE = 60.0  # seconds late a tick may still fire under missedRunPolicy Skip
-
-
-def expand(cron: str) -> str:
-    return protocol.CRON_MACROS.get(cron.strip().lower(), cron)
-
-
-def _repeated(tick: datetime, cron: str) -> bool:
-    """A second occurrence of a wall-clock time (clocks went back) that a fixed-hour schedule must not rerun."""
-    if expand(cron).split()[1].startswith("*"):
-        return False
-    return tick.fold == 1 and tick.replace(fold=0).utcoffset() != tick.utcoffset()
-
-
-def next_tick(cron: str, time_zone: str, after: datetime) -> datetime | None:
-    """The first tick strictly after `after`, in UTC; None when the expression never fires again."""
-    it = croniter(expand(cron), after.astimezone(ZoneInfo(time_zone)))
-    for _ in range(3):  # at most one repeated time to step over
-        try:
-            tick: datetime = it.get_next(datetime)
-        except (ValueError, KeyError):  # croniter's "failed to find next date" (CroniterBadDateError)
-            return None
-        if not _repeated(tick, cron):
-            return tick.astimezone(UTC)
-    return None
-
-
-def prev_tick(cron: str, time_zone: str, at_or_before: datetime) -> datetime | None:
-    """The last tick at or before `at_or_before`, in UTC."""
-    it = croniter(expand(cron), at_or_before.astimezone(ZoneInfo(time_zone)))
-    for _ in range(3):
-        try:
-            tick: datetime = it.get_prev(datetime)
-        except (ValueError, KeyError):
-            return None
-        if not _repeated(tick, cron):
-            break
-    else:
-        return None
-    following = next_tick(cron, time_zone, tick)
-    if following is not None and following <= at_or_before:
-        return following  # croniter's get_prev is strict: `at_or_before` itself was a tick
-    return tick.astimezone(UTC)
-
-
-def latest_due(cron: str, time_zone: str, first: datetime, now: datetime) -> tuple[datetime, int]:
-    """The latest tick in [first, now] and how many ticks before it were missed; `first` is a due tick."""
-    tick, missed = first, 0
-    for _ in range(_WALK_LIMIT):
-        following = next_tick(cron, time_zone, tick)
-        if following is None or following > now:
-            return tick, missed
-        tick, missed = following, missed + 1
-    latest = prev_tick(cron, time_zone, now) or tick
-    return latest, missed + 1  # "at least": the exact count is not worth walking for
 
 
 @dataclass(frozen=True)
@@ -102,7 +47,7 @@ class Decision:
 
 def decide(row: dict[str, Any], now: datetime, settings: Settings) -> Decision:
     """Pure policy: which tick is due and whether the missed-run policy and deadline let it fire."""
-    tick, missed = latest_due(row["cron"], row["time_zone"], row["next_run"], now)
+    tick, missed = cron.latest_due(row["cron"], row["time_zone"], row["next_run"], now)
     late = (now - tick).total_seconds()
     deadline: int | None = row["starting_deadline_seconds"]
     if row["missed_run_policy"] == "Skip":
@@ -120,58 +65,43 @@ def skip_tolerance(settings: Settings) -> timedelta:
     return timedelta(seconds=max(MIN_SKIP_TOLERANCE, 2 * settings.worker.scheduler_interval.total_seconds()))
 
 
-def dedup_key(name: str) -> str:
-    return f"schedule:{name}"
-
-
-def enqueue_run(conn: Conn, row: dict[str, Any], settings: Settings, tick: datetime | None) -> queue.Task | None:
-    """Enqueue one run of a schedule; None when this tick already has a run (another scheduler won)."""
-    try:
-        with conn.transaction():  # a savepoint: a duplicate tick must not abort the caller's transaction
-            return queue.enqueue(
-                conn, row["actor"], row["args"], queue=row["queue"], priority=row["priority"],
-                max_retries=row["max_retries"], time_limit=row["time_limit"], retry_backoff=row["retry_backoff"],
-                schedule_name=row["name"],
-                schedule_tick=tick, dedup_key=dedup_key(row["name"]) if row["deduplicate"] else None,
-                validate=False, settings=settings)
-    except psycopg.errors.UniqueViolation:
-        return None
-
-
 def fire_due(conn: Conn, settings: Settings, now: datetime | None = None, *, limit: int = 1000) -> list[int]:
     """Fire every due, unpaused schedule (at most `limit`); return the ids of the tasks created."""
-    created: list[int] = []
+    return _fire_pass(conn, settings, now, limit).created
+
+
+@dataclass
+class _Pass:
+    created: list[int] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # schedules rolled back: retried next pass, not at once
+
+
+def _fire_pass(conn: Conn, settings: Settings, now: datetime | None, limit: int) -> _Pass:
+    result = _Pass()
     done: list[str] = []
     for _ in range(limit):
         fired: list[int] = []
         name: str | None = None
         try:
             with conn.transaction():
-                at = now if now is not None else db_now(conn)
+                at = now if now is not None else db.now(conn)
                 row = conn.execute(queries.get("schedule_lock_due"), {"now": at, "done": done}).fetchone()
                 if row is None:
                     break
                 name = row["name"]
                 done.append(row["name"])
                 fired = _fire(conn, row, at, settings)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise  # the connection is gone: housekeeping reconnects
+        except db.CONNECTION_ERRORS:
+            raise  # the connection is gone: the caller reconnects
         except Exception:
             if name is None:
                 raise  # not about one schedule (schema missing…): nothing to skip past
             # One broken schedule must not stop the others; it is retried on the next pass.
             log.exception("schedule %s: firing failed, rolled back", name)
+            result.failed.append(name)
             continue
-        created.extend(fired)
-    return created
-
-
-def db_now(conn: Conn) -> datetime:
-    # The database's clock, so replicas with skewed clocks agree on what is due.
-    row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
-    assert row is not None
-    now: datetime = row["now"]
-    return now
+        result.created.extend(fired)
+    return result
 
 
 def _fire(conn: Conn, row: dict[str, Any], now: datetime, settings: Settings) -> list[int]:
@@ -187,7 +117,7 @@ def _fire(conn: Conn, row: dict[str, Any], now: datetime, settings: Settings) ->
             queue.cancel_task(conn, task_id, f"replaced by the run of {name} due {decision.tick.isoformat()}")
     if fire:
         try:
-            task = enqueue_run(conn, row, settings, decision.tick)
+            task = schedules.enqueue_run(conn, row, settings, decision.tick)
         except InvalidInput as exc:  # e.g. args over a limit lowered since apply: skip, do not spin
             task, reason = None, f"not enqueued: {exc}"
             log.error("schedule %s: %s", name, reason)
@@ -196,7 +126,7 @@ def _fire(conn: Conn, row: dict[str, Any], now: datetime, settings: Settings) ->
             reason += f", task {task.id}"
         elif task is not None:
             reason = f"skipped (deduplicate): run {task.id} is still queued or running"
-    following = next_tick(row["cron"], row["time_zone"], now)  # no tick lies in (decision.tick, now]
+    following = cron.next_tick(row["cron"], row["time_zone"], now)  # no tick lies in (decision.tick, now]
     advanced = conn.execute(queries.get("schedule_advance"), {
         "name": name, "expected": row["next_run"], "next_run": following,
         "last_run": now if created else None}).fetchone()
@@ -209,3 +139,54 @@ def _fire(conn: Conn, row: dict[str, Any], now: datetime, settings: Settings) ->
              following.isoformat() if following else "never")
     return created
 
+
+
+MIN_WAIT = 0.05  # seconds: the shortest sleep between passes, so an overdue schedule cannot spin a loop
+
+
+class FiringService:
+    """Fire due schedules on time, for the worker's housekeeping and the operator alike.
+
+    `run_due` is one pass; `next_wait` says how long to sleep after it: until the next unpaused schedule is
+    due, but at most `interval` seconds and at least MIN_WAIT. Schedules whose firing failed in the last pass
+    do not count as due (they would otherwise be due at once, every MIN_WAIT); they are retried after an
+    interval. `serve` is the loop for a thread of its own (the operator's); housekeeping interleaves the
+    same two calls with its other jobs on its own connection.
+    """
+
+    def __init__(self, settings: Settings, interval: float) -> None:
+        self.settings = settings
+        self.interval = interval
+        self.fired = 0  # tasks created so far
+        self._failed: list[str] = []
+
+    def run_due(self, conn: Conn, now: datetime | None = None) -> list[int]:
+        """Fire every due schedule once; return the ids of the tasks created."""
+        result = _fire_pass(conn, self.settings, now, limit=1000)
+        self._failed = result.failed
+        self.fired += len(result.created)
+        return result.created
+
+    def seconds_until_next(self, conn: Conn) -> float | None:
+        """Seconds until the earliest unpaused schedule (not failed in the last pass) is due; None: none is."""
+        row = conn.execute(queries.get("schedule_next_due"), {"skip": self._failed}).fetchone()
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
+
+    def next_wait(self, conn: Conn) -> float:
+        due = self.seconds_until_next(conn)
+        return self.interval if due is None else min(self.interval, max(MIN_WAIT, due))
+
+    def serve(self, connection: Callable[[], AbstractContextManager[Conn]], stopping: threading.Event) -> None:
+        """Pass after pass until `stopping` is set, taking a connection for each (from a pool, say). A pass
+        that fails is logged and the next one comes an interval later."""
+        wait = 0.0
+        while not stopping.wait(wait):
+            wait = self.interval
+            try:
+                with connection() as conn:
+                    self.run_due(conn)
+                    wait = self.next_wait(conn)
+            except psycopg.Error as exc:
+                log.warning("scheduler: %s", exc)
+            except Exception:
+                log.exception("scheduler: firing due schedules failed")

@@ -5,6 +5,9 @@ custom resources) and the CLI all go through `apply`, so validation and the next
 a new schedule, a changed cron or time zone, or a schedule un-suspended by its spec gets `next_run` = the
 next tick from now; any other change keeps the pending tick. Resuming by hand is different on purpose:
 `resume` starts one run at once (the user asked for the schedule back) and then waits for the next tick.
+
+This is storage and runs started by hand; firing ticks on time is `scheduler`'s job, which builds on this
+module (never the other way round), and the tick arithmetic both use is `cron`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
-from . import manifests, queries, queue, registry, scheduler
+from . import cron, db, manifests, queries, queue, registry
 from .db import Conn
 from .errors import InvalidInput, UnknownActor
 from .manifests import ScheduleSpec
@@ -75,14 +79,14 @@ def apply(conn: Conn, name: str, spec: ScheduleSpec, source: str = "manifest", *
     validate(name, spec, validate_actor=validate_actor, settings=settings)
     wanted = columns(name, spec, source)
     with conn.transaction():
-        at = now or scheduler.db_now(conn)
+        at = now or db.now(conn)
         old = conn.execute(queries.get("schedule_lock"), {"name": name}).fetchone()
         if old is not None and all(_same(old[c], wanted[c]) for c in _SPEC_COLUMNS):
             return {**get(conn, name), "action": "unchanged"}
         next_run = old["next_run"] if old is not None else None
         if (next_run is None or old is None or old["cron"] != spec.schedule
                 or old["time_zone"] != spec.time_zone or (old["paused"] and not spec.suspend)):
-            next_run = scheduler.next_tick(spec.schedule, spec.time_zone, at)
+            next_run = cron.next_tick(spec.schedule, spec.time_zone, at)
         conn.execute(queries.get("schedule_upsert"), {**wanted, "args": Jsonb(spec.args), "next_run": next_run})
     return {**get(conn, name), "action": "created" if old is None else "configured"}
 
@@ -132,13 +136,13 @@ def resume(conn: Conn, name: str, *, settings: Settings | None = None,
     """Un-pause: start one run at once, then wait for the next tick from now. Returns the row and `task_id`."""
     settings = settings or get_settings()
     with conn.transaction():
-        at = now or scheduler.db_now(conn)
+        at = now or db.now(conn)
         row = _lock(conn, name)
         if not row["paused"]:
             raise InvalidInput("name", f"schedule {name!r} is not paused",
                                "use `kubetasks schedules trigger` to start a run now")
-        task = scheduler.enqueue_run(conn, row, settings, tick=None)
-        next_run = scheduler.next_tick(row["cron"], row["time_zone"], at)
+        task = enqueue_run(conn, row, settings, tick=None)
+        next_run = cron.next_tick(row["cron"], row["time_zone"], at)
         conn.execute(queries.get("schedule_set_paused"), {"name": name, "paused": False, "next_run": next_run})
         conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": at})
     return {**get(conn, name), "task_id": task.id if task else None,
@@ -151,12 +155,31 @@ def trigger(conn: Conn, name: str, *, settings: Settings | None = None,
     returned instead (`created` is False)."""
     with conn.transaction():
         row = _lock(conn, name)
-        task = scheduler.enqueue_run(conn, row, settings or get_settings(), tick=None)
+        task = enqueue_run(conn, row, settings or get_settings(), tick=None)
         if task is None:  # only a tick can collide, and a trigger has none
             raise RuntimeError(f"schedule {name}: trigger enqueued nothing")
         if task.created:
-            conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": now or scheduler.db_now(conn)})
+            conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": now or db.now(conn)})
     return task
+
+
+def dedup_key(name: str) -> str:
+    return f"schedule:{name}"
+
+
+def enqueue_run(conn: Conn, row: dict[str, Any], settings: Settings, tick: datetime | None) -> queue.Task | None:
+    """Enqueue one run of a schedule row, for its cron `tick` or (None) by hand; None when this tick already
+    has a run (another scheduler won). The firing engine calls it for ticks, `trigger` and `resume` without."""
+    try:
+        with conn.transaction():  # a savepoint: a duplicate tick must not abort the caller's transaction
+            return queue.enqueue(
+                conn, row["actor"], row["args"], queue=row["queue"], priority=row["priority"],
+                max_retries=row["max_retries"], time_limit=row["time_limit"], retry_backoff=row["retry_backoff"],
+                schedule_name=row["name"],
+                schedule_tick=tick, dedup_key=dedup_key(row["name"]) if row["deduplicate"] else None,
+                validate=False, settings=settings)
+    except psycopg.errors.UniqueViolation:
+        return None
 
 
 def history(conn: Conn, name: str, *, limit: int = 20) -> list[queue.Task]:

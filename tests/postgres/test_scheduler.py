@@ -9,8 +9,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from waiting import wait_for
 
-from kubetasks.worker import db, queue, scheduler, schedules
+from kubetasks.worker import cron, db, queue, scheduler, schedules
 from kubetasks.worker.manifests import ScheduleSpec
 from kubetasks.worker.registry import actor
 from kubetasks.worker.settings import Settings
@@ -57,6 +58,13 @@ def test_run_carries_the_schedule_options(conn: db.Conn, settings: Settings) -> 
     task = queue.get_task(conn, task_id)
     assert (task.args, task.queue, task.priority, task.time_limit, task.max_retries) == (
         {"x": [1]}, "reports", 7, 12.5, 0)
+
+
+def test_run_carries_the_schedule_retry_backoff(conn: db.Conn, settings: Settings) -> None:
+    # What 0002's retry_backoff column is for: each run's retries wait that long first.
+    make(conn, retries={"limit": 2, "backoffSeconds": 7.5})
+    [task_id] = scheduler.fire_due(conn, settings, now=T0 + H)
+    assert queue.get_task(conn, task_id).retry_backoff == 7.5
 
 
 @pytest.mark.slow
@@ -251,9 +259,9 @@ def test_time_zone_shifts_utc_times_across_dst(conn: db.Conn, settings: Settings
 def test_tick_helpers_jump_over_long_outages() -> None:
     first = datetime(2030, 1, 1, tzinfo=UTC)
     now = datetime(2030, 3, 1, 0, 0, 30, tzinfo=UTC)  # ~85k minutely ticks later
-    tick, missed = scheduler.latest_due("* * * * *", "UTC", first, now)
+    tick, missed = cron.latest_due("* * * * *", "UTC", first, now)
     assert tick == datetime(2030, 3, 1, tzinfo=UTC) and missed >= 1000
-    assert scheduler.prev_tick("0 * * * *", "UTC", datetime(2030, 1, 1, 5, tzinfo=UTC)) == datetime(
+    assert cron.prev_tick("0 * * * *", "UTC", datetime(2030, 1, 1, 5, tzinfo=UTC)) == datetime(
         2030, 1, 1, 5, tzinfo=UTC)
 
 
@@ -267,3 +275,40 @@ def test_a_broken_schedule_does_not_stop_the_others(conn: db.Conn, settings: Set
     assert queue.get_task(conn, task_id).schedule_name == "default/good"
     assert any("default/broken: firing failed" in r.getMessage() for r in caplog.records)
     assert runs(conn, "default/broken") == []
+
+
+def test_firing_service_sleeps_until_the_next_due_schedule_at_most_an_interval(conn: db.Conn,
+                                                                              settings: Settings) -> None:
+    service = scheduler.FiringService(settings, interval=60.0)
+    assert service.next_wait(conn) == 60.0  # nothing scheduled
+    make(conn, now=datetime.now(UTC))
+    conn.execute("UPDATE kubetasks.schedules SET next_run = now() + interval '10 seconds'")
+    assert 9.0 < service.next_wait(conn) <= 10.0
+    assert scheduler.FiringService(settings, interval=2.0).next_wait(conn) == 2.0
+
+
+def test_firing_service_does_not_wake_at_once_for_a_schedule_that_just_failed(
+        conn: db.Conn, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    conn.execute("INSERT INTO kubetasks.schedules (name, actor, cron, next_run) VALUES"
+                 " ('default/broken', 'tests.ticked', 'not a cron', now() - interval '1 hour')")
+    service = scheduler.FiringService(settings, interval=30.0)
+    assert service.next_wait(conn) == scheduler.MIN_WAIT  # overdue, not tried yet
+    assert service.run_due(conn) == []
+    assert any("default/broken: firing failed" in r.getMessage() for r in caplog.records)
+    assert service.next_wait(conn) == 30.0  # retried after an interval, not every MIN_WAIT
+
+
+def test_firing_service_serves_passes_until_stopped(dsn: str, conn: db.Conn, settings: Settings) -> None:
+    make(conn, now=datetime.now(UTC))
+    conn.execute("UPDATE kubetasks.schedules SET next_run = now() + interval '0.3 seconds'")
+    service = scheduler.FiringService(settings, interval=60.0)
+    stopping = threading.Event()
+    thread = threading.Thread(target=service.serve, args=(lambda: db.connect(dsn), stopping))
+    thread.start()
+    try:
+        wait_for(lambda: service.fired == 1, timeout=5, what="the run, on time rather than an interval later")
+    finally:
+        stopping.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert [t.schedule_name for t in runs(conn)] == ["default/s"]

@@ -91,5 +91,10 @@ WITH ranked AS (
 DELETE FROM kubetasks.tasks t USING ranked r
 WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN %(keep_successful)s ELSE %(keep_failed)s END;
 
--- schedule_next_due: seconds until the earliest unpaused schedule is due, so schedulers wake right then.
-SELECT extract(epoch FROM min(next_run) - now())::float8 AS seconds FROM kubetasks.schedules WHERE NOT paused;
+-- schedule_next_due: seconds until the earliest unpaused schedule is due, so schedulers wake right then;
+-- those whose firing just failed (`skip`) are left out, or a broken one would wake them at once, again and again.
+SELECT extract(epoch FROM min(next_run) - now())::float8 AS seconds FROM kubetasks.schedules
+WHERE NOT paused AND name <> ALL(%(skip)s::text[]);
+
+-- schedule_list_last_success: every schedule that ever succeeded and when it last did (for the metrics).
+SELECT name, last_success FROM kubetasks.schedules WHERE last_success IS NOT NULL;

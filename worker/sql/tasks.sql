@@ -15,6 +15,9 @@ UNION ALL
 SELECT *, false AS created FROM kubetasks.tasks
 WHERE dedup_key = %(dedup_key)s AND state IN ('queued', 'running') AND NOT EXISTS (SELECT FROM inserted);
 
+-- task_copy_in: bulk enqueue (enqueue_many) by COPY; rows are written in exactly this column order.
+COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit) FROM STDIN;
+
 -- task_get: one task by id.
 SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
 
@@ -57,7 +60,7 @@ SELECT count(*) FILTER (WHERE pg_advisory_unlock({lock:attempt}, (id & 214748364
 FROM unnest(%(ids)s::bigint[]) AS id
 WHERE (SELECT count(*) FROM finished) >= 0;
 
--- lock_again: after a reconnection, take back the advisory locks of attempts still in flight here;
+-- attempt_relock: after a reconnection, take back the advisory locks of attempts still in flight here;
 -- returns those this worker still owns (a rescuer or another worker may have taken the rest).
 WITH mine AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s
@@ -104,7 +107,7 @@ WITH suspects AS MATERIALIZED (
 )
 SELECT id, attempts, state FROM rescued;
 
--- runnable_count_by_queue: queue depth (runnable now) and tasks in flight, per queue.
+-- queue_count_tasks: queue depth (runnable now) and tasks in flight, per queue.
 SELECT queue,
        count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
        count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
@@ -122,6 +125,9 @@ SET state = 'queued', reason = 'Queued', worker = NULL, attempts = 0, eta = now(
     error = NULL, started_at = NULL, attempt_started_at = NULL, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s AND state NOT IN ('queued', 'running')
 RETURNING *;
+
+-- queue_notify: wake a queue's workers for a task the insert trigger does not announce (a retry is an UPDATE).
+SELECT pg_notify(%(channel)s, %(payload)s);
 
 -- task_cancel: cancel a task that has not finished; the worker running it is told on channel kubetasks_cancel.
 WITH cancelled AS (
@@ -143,5 +149,15 @@ WITH doomed AS (
 )
 DELETE FROM kubetasks.tasks t USING doomed WHERE t.id = doomed.id;
 
--- attempts_of_task: the per-attempt log, oldest first.
+-- attempt_list: the per-attempt log, oldest first.
 SELECT * FROM kubetasks.task_attempts WHERE task_id = %(id)s ORDER BY attempt;
+
+-- task_list: a page of tasks, newest first. {filters} is composed from a TaskFilter in queue.py (only the
+-- conditions asked for, so each query keeps the plan of its index) and may end with the keyset `id < before_id`.
+SELECT * FROM kubetasks.tasks WHERE {filters} ORDER BY id DESC LIMIT %(limit)s;
+
+-- task_delete_matching: delete the tasks matching {filters} (a TaskFilter), unfinished ones only when asked.
+DELETE FROM kubetasks.tasks WHERE {filters} AND (%(include_unfinished)s OR state NOT IN ('queued', 'running'));
+
+-- queue_flush: drop the tasks waiting in a queue that never started; running ones finish normally.
+DELETE FROM kubetasks.tasks WHERE queue = %(queue)s AND state = 'queued' AND worker IS NULL;
