@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from dashboard.helpers import seed
-from faults.test_bad_input import snapshot
 from fastapi.testclient import TestClient
+from faults.test_bad_input import snapshot
 
 from kubetasks.worker import db, queue
 from kubetasks.worker.dashboard.app import HIDDEN, DashboardConfig, create_app
@@ -29,7 +29,7 @@ from kubetasks.worker.dashboard.auth import ApiServer, KubernetesAuth, ProxyHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apiserver"))
 
-from controlplane import ControlPlane, ControlPlaneError, Kubectl, kubectl_binary, make_kubectl, skip_reason  # noqa: E402
+from controlplane import ControlPlane, ControlPlaneError, Kubectl, kubectl_binary, make_kubectl, skip_reason
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
