@@ -154,7 +154,8 @@ def report(results: dict[str, Any], rows: int, fill_seconds: float | None) -> st
     lines = [f"{rows:,} tasks" + (f" (filled in {fill_seconds:.0f} s)" if fill_seconds is not None else ""), "",
              "| route | path | median ms | p95 ms |", "| --- | --- | ---: | ---: |"]
     for name, r in results["routes"].items():
-        lines.append(f"| {name} | `{r['path']}` | {r['median_ms']} | {r['p95_ms'] if r['p95_ms'] is not None else ''} |")
+        p95 = r["p95_ms"] if r["p95_ms"] is not None else ""
+        lines.append(f"| {name} | `{r['path']}` | {r['median_ms']} | {p95} |")
     lines += ["", "| SQL (EXPLAIN ANALYZE) | execution ms | rows read | seq scans |", "| --- | ---: | ---: | --- |"]
     for name, r in results["sql"].items():
         lines.append(f"| {name} | {r['ms']} | {r['rows_read']:,} | {', '.join(r['seq_scans']) or 'none'} |")

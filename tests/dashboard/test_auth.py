@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -91,21 +92,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         cp.stop()
 
 
-def make_client(dsn: str, cluster: dict[str, Any], *, proxy: ProxyHeaders | None = None,
-                hide_payloads: bool = False) -> TestClient:
-    auth = KubernetesAuth(cluster["apiserver"], proxy=proxy, cache_seconds=0.0)
-    return TestClient(create_app(DashboardConfig(dsn, auth, hide_payloads=hide_payloads)))
+@pytest.fixture
+def make_client(dsn: str, cluster: dict[str, Any]) -> Iterator[Callable[..., TestClient]]:
+    """Apps with Kubernetes auth against the control plane; closed (pool and all) at the end of the test."""
+    with ExitStack() as stack:
+        def make(*, proxy: ProxyHeaders | None = None, hide_payloads: bool = False) -> TestClient:
+            auth = KubernetesAuth(cluster["apiserver"], proxy=proxy, cache_seconds=0.0)
+            stack.callback(auth.close)
+            app = create_app(DashboardConfig(dsn, auth, hide_payloads=hide_payloads))
+            return stack.enter_context(TestClient(app))
+
+        yield make
 
 
 def bearer(cluster: dict[str, Any], who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {cluster['tokens'][who]}", **CSRF}
 
 
-def test_viewer_operator_admin_and_unauthenticated(dsn: str, conn: db.Conn, cluster: dict[str, Any]) -> None:
+def test_viewer_operator_admin_and_unauthenticated(conn: db.Conn, cluster: dict[str, Any],
+                                                   make_client: Callable[..., TestClient]) -> None:
     ids = seed(conn)
     conn.execute("UPDATE kubetasks.tasks SET state = 'error', reason = 'Failed', finished_at = now() WHERE id = %s",
                  (ids["a_run"],))
-    client = make_client(dsn, cluster)
+    client = make_client()
     before = snapshot(conn)
 
     assert client.get(f"{API}/tasks").status_code == 401
@@ -155,9 +164,10 @@ def test_viewer_operator_admin_and_unauthenticated(dsn: str, conn: db.Conn, clus
     assert client.get(f"{API}/overview", headers=admin).status_code == 200
 
 
-def test_trusted_proxy_headers_and_hidden_payloads(dsn: str, conn: db.Conn, cluster: dict[str, Any]) -> None:
+def test_trusted_proxy_headers_and_hidden_payloads(conn: db.Conn, cluster: dict[str, Any],
+                                                   make_client: Callable[..., TestClient]) -> None:
     ids = seed(conn)
-    proxied = make_client(dsn, cluster, proxy=ProxyHeaders("X-Remote-User", "X-Remote-Group"), hide_payloads=True)
+    proxied = make_client(proxy=ProxyHeaders("X-Remote-User", "X-Remote-Group"), hide_payloads=True)
     alice = {"X-Remote-User": "alice", "X-Remote-Group": "staff, devs"}
     assert proxied.get(f"{API}/whoami", headers=alice).json()["groups"] == ["staff", "devs"]
     seen = proxied.get(f"{API}/tasks", headers=alice).json()["items"]

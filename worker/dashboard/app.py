@@ -5,8 +5,8 @@ changes are POST/PATCH/DELETE with a JSON body and the header `X-Requested-By: k
 can set neither, so they are CSRF-safe whether the credentials come as a bearer token or from a proxy.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -153,17 +153,18 @@ def create_app(config: DashboardConfig) -> FastAPI:
                                           application_name="kubetasks-dashboard")
         return pool_holder["pool"]
 
-    app = FastAPI(title="kubetasks dashboard API", version="1", openapi_url=f"{API}/openapi.json",
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if "pool" in pool_holder:
+            pool_holder.pop("pool").close()
+
+    app = FastAPI(lifespan=lifespan, title="kubetasks dashboard API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=None, redoc_url=None,
                   description="Tasks, schedules, actors and counts of kubetasks. Errors are "
                               "`{\"error\": {\"field\", \"problem\", \"fix\"}}`.")
     app.add_middleware(_Guard)
     auth = config.authenticator
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        if "pool" in pool_holder:
-            pool_holder.pop("pool").close()
 
     @contextmanager
     def connection() -> Iterator[db.Conn]:
