@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -178,7 +179,8 @@ class KubernetesAuth:
         self.audiences = audiences
         self._tokens = _Cache(cache_seconds)
         self._reviews = _Cache(cache_seconds)
-        self._client = httpx.Client(base_url=apiserver.url, verify=apiserver.ca_file or True, timeout=timeout)
+        verify = ssl.create_default_context(cafile=apiserver.ca_file) if apiserver.ca_file else True
+        self._client = httpx.Client(base_url=apiserver.url, verify=verify, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()

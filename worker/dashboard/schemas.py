@@ -7,6 +7,7 @@ makes the schema accept extra keys. An actor whose hints cannot be turned into a
 from __future__ import annotations
 
 import inspect
+import warnings
 from functools import cache
 from typing import Any, Literal, get_type_hints
 
@@ -39,9 +40,11 @@ def _model(actor: registry.Actor) -> type[BaseModel] | None:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hint, default)
     try:
-        model: type[BaseModel] = create_model(
-            f"{actor.name}.args", __config__=ConfigDict(extra=extra, arbitrary_types_allowed=False), **fields)
-        model.model_json_schema()
+        with warnings.catch_warnings():  # a parameter called e.g. `json` shadows a BaseModel attribute: fine here
+            warnings.simplefilter("ignore")
+            model: type[BaseModel] = create_model(
+                f"{actor.name}.args", __config__=ConfigDict(extra=extra, arbitrary_types_allowed=False), **fields)
+            model.model_json_schema()
     except Exception:
         return None
     return model
