@@ -71,6 +71,7 @@ def routes(conn: db.Conn) -> dict[str, str]:
         "filtered list (state=error, actor)": "/api/v1/tasks?state=error&actor=app.actor_11",
         "filtered list (state, actor: no match, worst case)": "/api/v1/tasks?state=error&actor=app.actor_7",
         "filtered list (schedule)": "/api/v1/tasks?schedule=ns3/schedule-10",
+        "filtered list (state=queued)": "/api/v1/tasks?state=queued",
         "filtered list (page 100, keyset)": f"/api/v1/tasks?before={detail - 5000}",
         "task detail with attempts": f"/api/v1/tasks/{detail}",
         "overview (uncached)": "/api/v1/overview",
@@ -78,26 +79,30 @@ def routes(conn: db.Conn) -> dict[str, str]:
     }
 
 
+LISTS: dict[str, dict[str, Any]] = {
+    "default list (standalone, exclude successful)": {"standalone": True, "exclude_successful": True},
+    "filtered list (state=error, actor)": {"states": ("error",), "actors": ("app.actor_11",)},
+    "filtered list (state=queued)": {"states": ("queued",)},
+}
 EXPLAINS = {
-    "default list (standalone, exclude successful)":
-        "SELECT * FROM kubetasks.tasks WHERE object_ref IS NULL AND state <> 'successful' ORDER BY id DESC LIMIT 51",
-    "filtered list (state=error, actor)":
-        "SELECT * FROM kubetasks.tasks WHERE state = ANY('{error}'::kubetasks.task_state[]) "
-        "AND actor = ANY('{app.actor_11}') ORDER BY id DESC LIMIT 51",
     "overview: live counts": "SELECT actor, state::text AS state, count(*) FROM kubetasks.tasks "
-                             "WHERE state IN ('queued', 'running') GROUP BY actor, state",
+                             "WHERE finished_at IS NULL AND state IN ('queued', 'running') GROUP BY actor, state",
     "overview: last hour": "SELECT actor, state::text, count(*) FROM kubetasks.tasks "
                            "WHERE finished_at >= now() - interval '1 hour' GROUP BY actor, state",
     "overview: last day": "SELECT actor, state::text, count(*) FROM kubetasks.tasks "
                           "WHERE finished_at >= now() - interval '1 day' GROUP BY actor, state",
     "overview: queue depth": "SELECT queue, count(*) FILTER (WHERE worker IS NULL AND eta <= now()) "
-                             "FROM kubetasks.tasks WHERE state IN ('queued', 'running') GROUP BY queue",
+                             "FROM kubetasks.tasks WHERE finished_at IS NULL AND state IN ('queued', 'running') "
+                             "GROUP BY queue",
+    "queue.queue_depth as the worker has it (for comparison)":
+        "SELECT queue, count(*) FILTER (WHERE worker IS NULL AND eta <= now()) "
+        "FROM kubetasks.tasks WHERE state IN ('queued', 'running') GROUP BY queue",
     "count(*) of the whole table (what the overview avoids)": "SELECT count(*) FROM kubetasks.tasks",
 }
 
 
-def explain(conn: db.Conn, query: str) -> dict[str, Any]:
-    row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query).fetchone()  # type: ignore[operator]
+def explain(conn: db.Conn, query: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params).fetchone()
     assert row is not None
     plan = row["QUERY PLAN"][0]
 
@@ -145,6 +150,9 @@ def measure(dsn: str, repeat: int) -> dict[str, Any]:
         results["routes"]["overview (cached, within 5 s)"] = {
             "path": "/api/v1/overview", "median_ms": round(statistics.median(cached), 2),
             "p95_ms": round(cached[int(0.95 * (len(cached) - 1))], 2)}
+        for name, fields in LISTS.items():
+            statement, params = service.list_statement(service.TaskQuery(**fields), service.EVERYTHING, limit=51)
+            results["sql"][name] = explain(conn, statement.as_string(conn), params)
         for name, query in EXPLAINS.items():
             results["sql"][name] = explain(conn, query)
     return results

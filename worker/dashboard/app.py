@@ -428,7 +428,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
     def queues(who: User) -> dict[str, Any]:
         require(who, "list", "taskruns", None)
         with connection() as conn:
-            return {"items": queue.queue_depth(conn)}
+            return {"items": service.queue_depth(conn)}
 
     @app.get(f"{API}/actors", tags=["actors"], summary="Declared actors with a JSON Schema of their args")
     def actors(who: User) -> dict[str, Any]:

@@ -1,10 +1,21 @@
 -- Queries of the dashboard, one named block each: "-- name: why". The task list's WHERE clause is composed in
 -- service.py from the filters; everything else is here. None of them counts the whole table.
 
--- live_counts: queued and running tasks by actor and state (the claim and rescue indexes cover these rows).
+-- live_counts: queued and running tasks by actor and state. `finished_at IS NULL` says the same as the state
+-- (the table's CHECK) in the words of the partial index tasks_unfinished, so only live rows are read.
 SELECT actor, state::text AS state, count(*) AS count
-FROM kubetasks.tasks WHERE state IN ('queued', 'running')
+FROM kubetasks.tasks WHERE finished_at IS NULL AND state IN ('queued', 'running')
 GROUP BY actor, state ORDER BY actor, state;
+
+-- queue_depth: queue.queue_depth's counts (runnable now, delayed, executing per queue) read through
+-- tasks_unfinished instead of a scan of the whole table.
+SELECT queue,
+       count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
+       count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
+       count(*) FILTER (WHERE worker IS NOT NULL) AS executing
+FROM kubetasks.tasks
+WHERE finished_at IS NULL AND state IN ('queued', 'running')
+GROUP BY queue ORDER BY queue;
 
 -- finished_counts: tasks finished since a time, by actor and state (range scan of tasks_finished).
 SELECT actor, state::text AS state, count(*) AS count

@@ -13,9 +13,12 @@ CREATE FUNCTION kubetasks.task_namespace(schedule_name text, object_ref text) RE
 ALTER TABLE kubetasks.tasks ADD COLUMN description text CHECK (length(description) <= 1000);
 
 -- The task list's filters, each newest first (keyset pagination on id). Finished rows are the bulk of a big
--- table, so the default view ("exclude successful") reads a partial index that skips them.
-CREATE INDEX tasks_not_successful ON kubetasks.tasks (id) WHERE state <> 'successful';
-CREATE INDEX tasks_by_state ON kubetasks.tasks (state, id);
+-- table, so the default view ("exclude successful") reads two small indexes: unfinished rows, and finished
+-- rows that did not succeed. Each partial index is defined on finished_at, which the workers' claim query never
+-- mentions, so none of them can be picked for it instead of tasks_claimable.
+CREATE INDEX tasks_unfinished ON kubetasks.tasks (id) WHERE finished_at IS NULL;
+CREATE INDEX tasks_finished_unsuccessful ON kubetasks.tasks (id) WHERE finished_at IS NOT NULL AND state <> 'successful';
+CREATE INDEX tasks_finished_by_state ON kubetasks.tasks (state, id) WHERE finished_at IS NOT NULL;
 CREATE INDEX tasks_by_actor ON kubetasks.tasks (actor, id);
 CREATE INDEX tasks_by_namespace ON kubetasks.tasks (kubetasks.task_namespace(schedule_name, object_ref), id)
     WHERE schedule_name IS NOT NULL OR object_ref IS NOT NULL;
