@@ -173,9 +173,12 @@ def test_trusted_proxy_headers_and_hidden_payloads(conn: db.Conn, cluster: dict[
     seen = proxied.get(f"{API}/tasks", headers=alice).json()["items"]
     assert [t["id"] for t in seen] == [ids["a_run"]]
     assert seen[0]["args"] == HIDDEN  # a viewer does not see args when payloads are hidden
+    assert [s["args"] for s in proxied.get(f"{API}/schedules", headers=alice).json()["items"]] == [HIDDEN]
+    assert proxied.get(f"{API}/schedules/a/nightly", headers=alice).json()["recent_runs"][0]["args"] == HIDDEN
     assert proxied.get(f"{API}/tasks", headers={"X-Remote-User": "mallory"}).json()["items"] == []
     admin = proxied.get(f"{API}/tasks/{ids['queued']}", headers=bearer(cluster, "admin")).json()
     assert admin["args"] == queue.get_task(conn, ids["queued"]).args  # no proxy header: the token counts
+    assert proxied.get(f"{API}/schedules/a/nightly", headers=bearer(cluster, "admin")).json()["args"] == {}
 
 
 def test_dashboard_service_account_may_only_review(cluster: dict[str, Any]) -> None:

@@ -224,12 +224,14 @@ def create_app(config: DashboardConfig) -> FastAPI:
         return service.Scope(visible, cluster=False)
 
     def payloads(who: Principal, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Tasks or schedules with args and result replaced, unless payloads are shown or the caller may see them."""
         if not config.hide_payloads or who.all_access:
             return items
         for item in items:
             if not auth.allowed(who, Check("get", "taskruns", item.get("namespace"), "payload")):
                 item["args"] = HIDDEN
-                item["result"] = HIDDEN if item.get("result") is not None else None
+                if item.get("result") is not None:
+                    item["result"] = HIDDEN
         return items
 
     def task_namespace(conn: db.Conn, task_id: int) -> str | None:
@@ -314,7 +316,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
                 task = queue.retry_task(conn, task_id)
             except InvalidInput as exc:
                 raise Conflict(exc.field, exc.problem, exc.fix) from None
-            return service.task_json(task)
+            return payloads(who, [service.task_json(task)])[0]
 
     @app.post(f"{API}/tasks/{{task_id}}/cancel", tags=["tasks"], summary="Cancel a queued or running task")
     def cancel(who: User, task_id: int, body: CancelBody | None = None) -> dict[str, Any]:
@@ -323,7 +325,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
             task = queue.cancel_task(conn, task_id, body.message if body else None)
             if task is None:
                 raise Conflict("id", f"task {task_id} has already finished", "nothing to cancel")
-            return service.task_json(task)
+            return payloads(who, [service.task_json(task)])[0]
 
     @app.delete(f"{API}/tasks/{{task_id}}", tags=["tasks"], summary="Delete a finished task and its attempts")
     def delete(who: User, task_id: int) -> dict[str, Any]:
@@ -353,7 +355,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
     def list_schedules(who: User, namespace: str | None = None) -> dict[str, Any]:
         service.TaskQuery(namespace=namespace).check()
         with connection() as conn:
-            return {"items": service.list_schedules(conn, scope(conn, who, "schedules"), namespace)}
+            return {"items": payloads(who, service.list_schedules(conn, scope(conn, who, "schedules"), namespace))}
 
     def schedule_route(path: str, method: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         return app.api_route(f"{API}/schedules/{{namespace}}/{{name}}{path}", methods=[method],
@@ -364,7 +366,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
         key = f"{namespace}/{name}"
         with connection() as conn:
             visible_schedule(conn, who, key)
-            data = service.schedule_detail(conn, key)
+            data = payloads(who, [service.schedule_detail(conn, key)])[0]
             data["recent_runs"] = payloads(who, data["recent_runs"])
             return data
 
@@ -374,7 +376,9 @@ def create_app(config: DashboardConfig) -> FastAPI:
         with connection() as conn:
             visible_schedule(conn, who, key)
             require(who, "trigger", "schedules", namespace)
-            return service.trigger_schedule(conn, key)
+            triggered = service.trigger_schedule(conn, key)
+            triggered["task"] = payloads(who, [triggered["task"]])[0]
+            return triggered
 
     @schedule_route("/pause", "POST", summary="Stop starting runs (not for Schedule resources)")
     def pause(who: User, namespace: str, name: str) -> dict[str, Any]:
