@@ -59,7 +59,12 @@ def test_system_tasks_page_in_chromium(page: Any, dashboard: RunningDashboard, c
 
     ids = seed(conn)
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -111,10 +116,23 @@ def test_system_tasks_page_in_chromium(page: Any, dashboard: RunningDashboard, c
     schedule.locator("button.trigger").click()
     expect(page.locator("#flash")).to_have_text("trigger a/nightly: done")
     assert len(queue.list_tasks(conn, queue.TaskFilter(schedule="a/nightly"))) == runs_before + 1
+    answers = iter(["*/10 * * * *", "Europe/Berlin"])
+    page.remove_listener("dialog", dismiss)
+
+    def answer(dialog: Any) -> None:
+        dialog.accept(next(answers))
+
+    page.on("dialog", answer)
+    schedule.locator("button.edit").click()
+    expect(schedule.locator("td.cron")).to_have_text("*/10 * * * * Europe/Berlin")
+    page.remove_listener("dialog", answer)
+    page.on("dialog", dismiss)
     schedule.locator("button.pause").click()
     expect(schedule.locator("button.resume")).to_be_visible()
     paused = conn.execute("SELECT paused FROM kubetasks.schedules WHERE name = 'a/nightly'").fetchone()
     assert paused == {"paused": True}
+    schedule.locator("button.resume").click()
+    expect(schedule.locator("button.pause")).to_be_visible()
     owned = page.locator("tr.schedule[data-name='b/hourly']")
     owned.locator("button.pause").click()
     expect(page.locator("#flash")).to_contain_text("owned by a Schedule resource")

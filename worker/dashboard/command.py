@@ -108,10 +108,14 @@ class RunningDashboard:
 
 
 def start_background(database_url: str, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                     modules: Sequence[str] = (), hide_payloads: bool = False,
+                     modules: Sequence[str] = (), paths: Sequence[str] = (), hide_payloads: bool = False,
                      ready_timeout: float = 10.0) -> RunningDashboard:
     """Start the dashboard in a daemon thread (token auth) and return once it accepts connections; for
-    `kubetasks dev` and tests. `modules` are imported for the task manager's actor list."""
+    `kubetasks dev` and tests. `modules` are imported (from `paths`, put first on sys.path) for the task
+    manager's actor list; `url` holds the token, so printing it gives a link that signs in."""
+    for folder in reversed(paths):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     registry.load_modules(list(modules))
     authenticator, chosen = make_authenticator("token", token)
     assert chosen is not None
