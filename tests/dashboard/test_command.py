@@ -44,3 +44,11 @@ def test_start_background_for_dev_mode(dsn: str) -> None:
     finally:
         running.stop()
     assert not running.thread.is_alive()
+
+
+def test_registering_the_command_loads_no_web_stack() -> None:
+    """The CLI may import the command at start-up: workers must not pay for (or need) the dashboard extra."""
+    code = ("import sys; from kubetasks.worker.dashboard.command import dashboard, start_background;"
+            " print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'httpx', 'jinja2') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

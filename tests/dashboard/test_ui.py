@@ -16,7 +16,8 @@ from dashboard.helpers import XSS, seed
 from workers import WorkerProcess
 
 from kubetasks.worker import db, queue
-from kubetasks.worker.dashboard.command import RunningDashboard, start_background
+from kubetasks.worker.dashboard.command import start_background
+from kubetasks.worker.dashboard.server import RunningDashboard
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
