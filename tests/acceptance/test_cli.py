@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from kubetasks.worker import db, pgserver
 
@@ -192,3 +195,33 @@ def test_dev_runs_the_examples_end_to_end() -> None:
     assert "default/inventory: " in out and " warning" in out.split("default/inventory: ")[-1].splitlines()[0]
     # kubetasks.command runs `date`: the dev loop's own allow-list reaches the worker with its settings.
     assert "default/say-the-date: " in out and " successful" in out.split("default/say-the-date: ")[-1].splitlines()[0]
+
+
+@pytest.mark.slow
+def test_dev_serves_the_dashboard_with_the_demo_tasks() -> None:
+    proc = subprocess.Popen([str(SCRIPT), "dev", "-f", str(EXAMPLES), "--duration", "20", "--threads", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:  # the link is printed before the worker starts
+            if line.startswith("dashboard: "):
+                url = line.split(" ", 1)[1].strip()
+                break
+        assert url.startswith("http://127.0.0.1:"), "dev printed no dashboard link"
+        base, _, token = url.partition("/#token=")
+
+        def actors_seen() -> set[str]:
+            request = urllib.request.Request(f"{base}/api/v1/tasks?limit=50",
+                                             headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return {item["actor"] for item in json.load(response)["items"]}
+
+        seen = wait_for(lambda: actors_seen() >= {"kubetasks.command"}, timeout=20, what="demo tasks listed")
+        assert seen
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/v1/tasks", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        proc.terminate()
+        proc.wait(30)

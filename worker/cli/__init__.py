@@ -15,6 +15,7 @@ from typing import Any
 import click
 import psycopg
 
+from ..dashboard.command import dashboard
 from ..errors import KubetasksError
 from ..settings import Settings
 from . import apply, queues, runtime, schedules, tasks
@@ -53,5 +54,5 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
 
 for _command in (runtime.migrate, runtime.worker, runtime.operator, runtime.dev, tasks.tasks, tasks.enqueue,
-                 queues.queue_group, schedules.schedules_group, apply.apply_cmd):
+                 queues.queue_group, schedules.schedules_group, apply.apply_cmd, dashboard):
     main.add_command(_command)

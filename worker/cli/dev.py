@@ -9,6 +9,7 @@ seconds. The worker gets its settings as JSON in one environment variable, as th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -91,7 +92,7 @@ def delayed(conn: db.Conn) -> int:
 
 
 def run(paths: Sequence[Path], settings: Settings, *, duration: float | None = None, threads: int = 4,
-        trigger: bool = True, out: TextIO | None = None) -> int:
+        trigger: bool = True, dashboard: bool = False, out: TextIO | None = None) -> int:
     """Run the whole dev loop; returns the exit code (0 when at least one task succeeded). `settings` are the
     environment's; the database URL and the worker's tuning are replaced by the dev loop's own."""
     def say(message: str = "") -> None:
@@ -112,13 +113,30 @@ def run(paths: Sequence[Path], settings: Settings, *, duration: float | None = N
         for row in apply.apply_all(loaded, settings, actor_hint=ACTOR_HINT, application_name="kubetasks-dev"):
             nxt = "paused" if row["paused"] else f"next run {row['next_run']:%Y-%m-%d %H:%M:%S%z}"
             say(f"  {row['name']}: {row['actor']} '{row['cron']}' ({row['time_zone']}), {nxt}")
-        with db.connect(settings.database, application_name="kubetasks-dev") as conn:
+        with contextlib.ExitStack() as stack, \
+                db.connect(settings.database, application_name="kubetasks-dev") as conn:
+            if dashboard:
+                _start_dashboard(stack, dsn, modules, folders, say)
             if trigger:
                 for _, manifest in loaded:
                     schedules.trigger(conn, manifest.row_name, settings=settings)
                 say("triggered each schedule once now, so runs show up without waiting for the next minute "
                     "(--no-trigger to skip)")
             return _watch(conn, settings, folders, duration, say)
+
+
+def _start_dashboard(stack: contextlib.ExitStack, dsn: str, modules: Sequence[str], folders: Sequence[str],
+                     say: Callable[..., None]) -> None:
+    """The dashboard in a thread of this process, stopped (by the stack) before the private database goes."""
+    from ..dashboard.command import start_background
+
+    try:
+        running = start_background(dsn, modules=modules, paths=folders)
+    except click.ClickException as exc:  # the `dashboard` extra is not installed: the loop works without it
+        say(f"dashboard not started: {exc.format_message()}")
+        return
+    stack.callback(running.stop)
+    say(f"dashboard: {running.url}")
 
 
 def _interrupt(signum: int, frame: object) -> None:

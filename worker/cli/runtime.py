@@ -73,15 +73,18 @@ def operator(kopf_args: tuple[str, ...]) -> None:
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--no-trigger", is_flag=True, help="Do not start each schedule once at start-up.")
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+              help="Serve the dashboard on 127.0.0.1 (a free port; the printed link holds its token).")
 @click.pass_context
-def dev(ctx: click.Context, paths: tuple[Path, ...], duration: float | None, threads: int, no_trigger: bool) -> None:
+def dev(ctx: click.Context, paths: tuple[Path, ...], duration: float | None, threads: int, no_trigger: bool,
+        dashboard: bool) -> None:
     """Try kubetasks locally: a private PostgreSQL, your manifests, a worker, live progress."""
     from ..pgserver import PostgresUnavailable
     from . import dev as devloop
 
     try:
         code = devloop.run(list(paths), settings_of(ctx), duration=duration, threads=threads,
-                           trigger=not no_trigger)
+                           trigger=not no_trigger, dashboard=dashboard)
     except PostgresUnavailable as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # before the worker started; the private database is already removed

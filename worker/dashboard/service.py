@@ -1,0 +1,458 @@
+"""What the dashboard reads and does, on one connection each call; no HTTP here.
+
+Reads and actions go through the worker's public functions (queue, schedules, registry) where they exist;
+the task list has its own WHERE clause because it filters on more than `queue.TaskFilter` knows (standalone,
+time range, namespace, search) and compares states as the enum, so the per-state index is usable.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, LiteralString
+
+from psycopg import sql
+
+from .. import cron, db, manifests, protocol, queue, registry, schedules
+from ..db import Conn
+from ..errors import InvalidInput
+from ..manifests import ScheduleSpec
+from . import queries
+from .schemas import validate_args
+
+_OPERATOR_REF = re.compile(r"^(taskrun|trigger)/([^/]+)/")
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a principal may see: every namespace (None) or these ones, and standalone (cluster-scoped) tasks."""
+
+    namespaces: frozenset[str] | None = None
+    cluster: bool = True
+
+    @property
+    def everything(self) -> bool:
+        return self.namespaces is None and self.cluster
+
+    def allows(self, namespace: str | None) -> bool:
+        if namespace is None:
+            return self.cluster
+        return self.namespaces is None or namespace in self.namespaces
+
+
+EVERYTHING = Scope()
+
+
+def task_namespace(schedule_name: str | None, object_ref: str | None) -> str | None:
+    """Mirror of the SQL function kubetasks.task_namespace (migration 0003)."""
+    if schedule_name is not None:
+        return schedule_name.split("/", 1)[0]
+    if object_ref is not None:
+        match = _OPERATOR_REF.match(object_ref)
+        if match:
+            return match.group(2)
+    return None
+
+
+def schedule_namespace(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    states: Sequence[str] = ()
+    actors: Sequence[str] = ()
+    queues: Sequence[str] = ()
+    schedule: str | None = None
+    object_ref: str | None = None
+    namespace: str | None = None
+    standalone: bool = False
+    exclude_successful: bool = False
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    search: str | None = None
+
+    def check(self) -> None:
+        for value in self.states:
+            if value not in protocol.STATES:
+                raise InvalidInput("state", f"unknown state {value!r}", "use one of " + ", ".join(protocol.STATES))
+        for value in self.actors:
+            registry.validate_name(value)
+        for value in self.queues:
+            registry.validate_queue(value)
+        if self.namespace is not None and not protocol.DNS_LABEL.fullmatch(self.namespace):
+            raise InvalidInput("namespace", f"{self.namespace!r} is not a namespace name",
+                               "use lowercase letters, digits and '-', e.g. 'default'")
+        for label, moment in (("created_after", self.created_after), ("created_before", self.created_before)):
+            if moment is not None and moment.tzinfo is None:
+                raise InvalidInput(label, "has no time zone", "write it in ISO 8601 with an offset, e.g. "
+                                   "2026-01-01T00:00:00Z")
+        for name, text in (("schedule", self.schedule), ("object", self.object_ref), ("search", self.search)):
+            if text is not None and ("\x00" in text or len(text) > 1024):
+                raise InvalidInput(name, "is longer than 1024 characters or contains NUL", "shorten it")
+
+    def where(self, scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
+        self.check()
+        clauses: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        if self.states:
+            clauses.append(sql.SQL("state = ANY(%(states)s::kubetasks.task_state[])"))
+            params["states"] = list(self.states)
+        if self.actors:
+            clauses.append(sql.SQL("actor = ANY(%(actors)s)"))
+            params["actors"] = list(self.actors)
+        if self.queues:
+            clauses.append(sql.SQL("queue = ANY(%(queues)s)"))
+            params["queues"] = list(self.queues)
+        if self.schedule is not None:
+            clauses.append(sql.SQL("schedule_name = %(schedule)s"))
+            params["schedule"] = self.schedule
+        if self.object_ref is not None:
+            clauses.append(sql.SQL("object_ref = %(object_ref)s"))
+            params["object_ref"] = self.object_ref
+        if self.standalone:
+            clauses.append(sql.SQL("object_ref IS NULL"))
+        if self.exclude_successful:
+            clauses.append(sql.SQL("state <> 'successful'"))
+        if self.created_after is not None:
+            clauses.append(sql.SQL("created_at >= %(created_after)s"))
+            params["created_after"] = self.created_after
+        if self.created_before is not None:
+            clauses.append(sql.SQL("created_at < %(created_before)s"))
+            params["created_before"] = self.created_before
+        if self.search:
+            if self.search.isdigit():
+                clauses.append(sql.SQL("id = %(search_id)s"))
+                params["search_id"] = int(self.search)
+            else:
+                clauses.append(sql.SQL("(actor ILIKE %(search)s OR object_ref ILIKE %(search)s "
+                                       "OR schedule_name ILIKE %(search)s)"))
+                params["search"] = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace(
+                    "_", "\\_") + "%"
+        namespace_expr = sql.SQL("kubetasks.task_namespace(schedule_name, object_ref)")
+        if self.namespace is not None:
+            clauses.append(sql.SQL("(schedule_name IS NOT NULL OR object_ref IS NOT NULL) AND {} = %(namespace)s")
+                           .format(namespace_expr))
+            params["namespace"] = self.namespace
+        if not scope.everything:
+            allowed: list[sql.Composable] = []
+            if scope.cluster:
+                allowed.append(sql.SQL("{} IS NULL").format(namespace_expr))
+            if scope.namespaces is None:
+                allowed.append(sql.SQL("{} IS NOT NULL").format(namespace_expr))
+            elif scope.namespaces:
+                allowed.append(sql.SQL("{} = ANY(%(allowed_namespaces)s)").format(namespace_expr))
+                params["allowed_namespaces"] = sorted(scope.namespaces)
+            clauses.append(sql.SQL("({})").format(sql.SQL(" OR ").join(allowed)) if allowed else sql.SQL("false"))
+        if not clauses:
+            return sql.SQL("true"), params
+        return sql.SQL(" AND ").join(clauses), params
+
+    def as_filter(self) -> queue.TaskFilter:
+        """The worker's filter for bulk actions; refused when it cannot express this query."""
+        unsupported = [name for name, value in (
+            ("namespace", self.namespace), ("standalone", self.standalone or None),
+            ("created_after", self.created_after), ("created_before", self.created_before),
+            ("search", self.search)) if value is not None]
+        if unsupported:
+            raise InvalidInput(unsupported[0], "is not supported by bulk actions",
+                               "filter by state, actor, queue, schedule or object")
+        return queue.TaskFilter(states=tuple(self.states), actors=tuple(self.actors), queues=tuple(self.queues),
+                                schedule=self.schedule, object_ref=self.object_ref,
+                                exclude_successful=self.exclude_successful)
+
+
+# -- Tasks -------------------------------------------------------------------------------------------------
+
+def task_json(task: queue.Task, description: str | None = None) -> dict[str, Any]:
+    data = task.as_json()
+    data["namespace"] = task_namespace(task.schedule_name, task.object_ref)
+    data["description"] = description
+    return data
+
+
+def list_tasks(conn: Conn, query: TaskQuery, scope: Scope, *, limit: int = 50,
+               before: int | None = None) -> dict[str, Any]:
+    """Newest first; `next` is the cursor of the following page (pass it as `before`), None on the last."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput("limit", f"{limit} is out of range", f"use 1 to {MAX_LIMIT}")
+    if before is not None and before < 1:
+        raise InvalidInput("before", f"{before} is not a task id", "pass the `next` value of the previous page")
+    statement, params = list_statement(query, scope, limit=limit + 1, before=before)
+    rows = list(conn.execute(statement, params))
+    items = [task_json(queue.Task.from_row(row), row.get("description")) for row in rows[:limit]]
+    return {"items": items, "next": items[-1]["id"] if len(rows) > limit else None}
+
+
+def list_statement(query: TaskQuery, scope: Scope, *, limit: int,
+                   before: int | None = None) -> tuple[sql.Composed, dict[str, Any]]:
+    """The task list's SELECT: one newest-first branch per index-friendly condition, merged by UNION ALL."""
+    where, params = query.where(scope)
+    if before is not None:
+        where = sql.SQL("{} AND id < %(before)s").format(where)
+        params["before"] = before
+    params["limit"] = limit
+    branches = [sql.SQL("SELECT * FROM kubetasks.tasks WHERE {} AND {} ORDER BY id DESC LIMIT %(limit)s")
+                .format(where, sql.SQL(branch)) for branch in _branches(query)]
+    if len(branches) == 1:
+        return branches[0], params
+    return sql.SQL("SELECT * FROM ({}) AS page ORDER BY id DESC LIMIT %(limit)s").format(
+        sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(b) for b in branches)), params
+
+
+def _branches(query: TaskQuery) -> list[LiteralString]:
+    """Conditions equivalent to the query's state filter (the table's CHECK ties finished_at to the state) that
+    let the planner read the partial indexes of migration 0003, each branch newest first."""
+    states = set(query.states)
+    if states and states <= set(protocol.LIVE_STATES):
+        return ["finished_at IS NULL"]
+    if states and states <= set(protocol.FINAL_STATES):
+        return ["finished_at IS NOT NULL"]
+    if query.exclude_successful and not states:
+        return ["finished_at IS NULL", "finished_at IS NOT NULL AND state <> 'successful'"]
+    return ["true"]
+
+
+def count_tasks(conn: Conn, query: TaskQuery, scope: Scope) -> int:
+    where, params = query.where(scope)
+    row = conn.execute(sql.SQL("SELECT count(*) AS n FROM kubetasks.tasks WHERE {}").format(where), params).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def _attempt_json(row: dict[str, Any], current: bool) -> dict[str, Any]:
+    started, finished = row.get("started_at"), row.get("finished_at")
+    duration = (finished - started).total_seconds() if started and finished else None
+    out = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items() if k != "task_id"}
+    out["duration"] = duration
+    out["current"] = current
+    return out
+
+
+def task_detail(conn: Conn, task_id: int) -> dict[str, Any]:
+    task = queue.get_task(conn, task_id)
+    row = conn.execute("SELECT description FROM kubetasks.tasks WHERE id = %s", (task_id,)).fetchone()
+    data = task_json(task, row["description"] if row else None)
+    attempts = queue.attempts(conn, task_id)
+    data["attempt_log"] = [_attempt_json(a, a["attempt"] == task.attempts) for a in attempts]
+    data["in_flight"] = task.worker is not None
+    return data
+
+
+def create_task(conn: Conn, actor: str, args: dict[str, Any], *, queue_name: str | None = None,
+                eta: datetime | None = None, description: str | None = None,
+                object_ref: str | None = None) -> dict[str, Any]:
+    declared = registry.get(registry.validate_name(actor))
+    checked = validate_args(declared, args)
+    if description is not None and (len(description) > 1000 or "\x00" in description):
+        raise InvalidInput("description", "is longer than 1000 characters or contains NUL", "shorten it")
+    if object_ref is not None and (not 1 <= len(object_ref) <= 1024 or "\x00" in object_ref):
+        raise InvalidInput("object_ref", "must be 1 to 1024 characters without NUL", "shorten it")
+    with conn.transaction():
+        task = queue.enqueue(conn, declared, checked, queue=queue_name, eta=eta, object_ref=object_ref)
+        if description:
+            conn.execute(queries.get("task_set_description"), {"id": task.id, "description": description})
+    return task_json(task, description)
+
+
+BulkAction = Literal["delete", "retry", "flush"]
+
+
+def bulk(conn: Conn, action: BulkAction, query: TaskQuery, *, dry_run: bool, queue_name: str | None = None,
+         include_unfinished: bool = False) -> dict[str, Any]:
+    """The runbook's actions: delete by filter, retry every finished task matching, flush a queue's waiting
+    tasks. With `dry_run`, only how many would be touched."""
+    if action == "flush":
+        if not queue_name:
+            raise InvalidInput("queue", "is required to flush", "name the queue whose waiting tasks to delete")
+        registry.validate_queue(queue_name)
+        preview = TaskQuery(states=("queued",), queues=(queue_name,))
+        if dry_run:
+            row = conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE queue = %s AND state = 'queued' "
+                               "AND worker IS NULL", (queue_name,)).fetchone()
+            return {"action": action, "dry_run": True, "count": int(row["n"]) if row else 0,
+                    "filter": _describe(preview)}
+        return {"action": action, "dry_run": False, "count": queue.flush_queue(conn, queue_name),
+                "filter": _describe(preview)}
+    task_filter = query.as_filter()
+    if action == "delete":
+        if dry_run:
+            where, params = task_filter.where()
+            if not (task_filter.states or task_filter.actors or task_filter.queues or task_filter.schedule
+                    or task_filter.object_ref):
+                raise InvalidInput("filters", "deleting every task needs at least one filter",
+                                   "pass state, actor, queue, schedule or object")
+            if not include_unfinished:
+                where = sql.SQL("{} AND state NOT IN ('queued', 'running')").format(where)
+            row = conn.execute(sql.SQL("SELECT count(*) AS n FROM kubetasks.tasks WHERE {}").format(where),
+                               params).fetchone()
+            count = int(row["n"]) if row else 0
+        else:
+            count = queue.delete_tasks(conn, task_filter, include_unfinished=include_unfinished)
+        return {"action": action, "dry_run": dry_run, "count": count, "filter": _describe(query)}
+    # retry: finished tasks only (a live one is already going to run)
+    where, params = task_filter.where()
+    where = sql.SQL("{} AND state NOT IN ('queued', 'running', 'successful')").format(where)
+    if dry_run:
+        row = conn.execute(sql.SQL("SELECT count(*) AS n FROM kubetasks.tasks WHERE {}").format(where),
+                           params).fetchone()
+        return {"action": action, "dry_run": True, "count": int(row["n"]) if row else 0,
+                "filter": _describe(query)}
+    with conn.transaction():
+        ids = [r["id"] for r in conn.execute(
+            sql.SQL("SELECT id FROM kubetasks.tasks WHERE {} FOR UPDATE SKIP LOCKED").format(where), params)]
+        row = conn.execute(queries.get("tasks_retry_many"), {"ids": ids}).fetchone()
+    return {"action": action, "dry_run": False, "count": int(row["retried"]) if row else 0,
+            "filter": _describe(query)}
+
+
+def _describe(query: TaskQuery) -> dict[str, Any]:
+    return {k: v for k, v in (("state", list(query.states)), ("actor", list(query.actors)),
+                              ("queue", list(query.queues)), ("schedule", query.schedule),
+                              ("object", query.object_ref), ("exclude_successful", query.exclude_successful))
+            if v}
+
+
+# -- Schedules ---------------------------------------------------------------------------------------------
+
+def schedule_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+    out["namespace"] = schedule_namespace(row["name"])
+    out["owned_by_resource"] = row.get("source") == "operator"
+    return out
+
+
+def list_schedules(conn: Conn, scope: Scope, namespace: str | None = None) -> list[dict[str, Any]]:
+    return [schedule_json(row) for row in schedules.list_schedules(conn)
+            if scope.allows(schedule_namespace(row["name"]))
+            and (namespace is None or schedule_namespace(row["name"]) == namespace)]
+
+
+def schedule_detail(conn: Conn, name: str, runs: int = 10) -> dict[str, Any]:
+    data = schedule_json(schedules.get(conn, name))
+    data["recent_runs"] = [task_json(t) for t in schedules.history(conn, name, limit=runs)]
+    return data
+
+
+class OwnedByResource(InvalidInput):
+    """A change to a schedule a Schedule custom resource owns: GitOps would undo it, so say where to make it."""
+
+    def __init__(self, name: str, what: str) -> None:
+        namespace, _, short = name.partition("/")
+        super().__init__("name", f"schedule {name!r} is owned by a Schedule resource; {what} it there",
+                         f"kubectl -n {namespace} edit schedules.kubetasks.dev {short} (or change its manifest "
+                         "in Git)")
+
+
+def _owned(conn: Conn, name: str) -> dict[str, Any]:
+    return schedules.get(conn, name)
+
+
+def pause_schedule(conn: Conn, name: str) -> dict[str, Any]:
+    if _owned(conn, name)["source"] == "operator":
+        raise OwnedByResource(name, "set spec.suspend: true on")
+    return schedule_json(schedules.pause(conn, name))
+
+
+def resume_schedule(conn: Conn, name: str) -> dict[str, Any]:
+    if _owned(conn, name)["source"] == "operator":
+        raise OwnedByResource(name, "set spec.suspend: false on")
+    return schedule_json(schedules.resume(conn, name))
+
+
+def trigger_schedule(conn: Conn, name: str) -> dict[str, Any]:
+    task = schedules.trigger(conn, name)
+    return {"task": task_json(task), "created": task.created}
+
+
+def edit_schedule(conn: Conn, name: str, *, cron: str | None, time_zone: str | None) -> dict[str, Any]:
+    row = schedules.get(conn, name)
+    if row["source"] == "operator":
+        raise OwnedByResource(name, "edit spec.schedule / spec.timeZone of")
+    if cron is None and time_zone is None:
+        raise InvalidInput("cron", "nothing to change", "pass cron, time_zone or both")
+    data = schedules.spec_of(row).model_dump(by_alias=True)
+    data.update({k: v for k, v in (("schedule", cron), ("timeZone", time_zone)) if v is not None})
+    spec = _parse_spec(data)
+    return schedule_json(schedules.apply(conn, name, spec, source=row["source"], validate_actor=False))
+
+
+_SPEC_FIELDS = {"spec.schedule": "cron", "spec.timeZone": "time_zone", "spec.queue": "queue", "spec.args": "args"}
+
+
+def _parse_spec(data: dict[str, Any]) -> ScheduleSpec:
+    """A spec, its errors named as the API's fields (cron, time_zone), with a check that it fires at all."""
+    try:
+        spec = manifests.parse_spec(data)
+    except InvalidInput as exc:
+        raise InvalidInput(_SPEC_FIELDS.get(exc.field, exc.field), exc.problem, exc.fix) from None
+    if cron.next_tick(spec.schedule, spec.time_zone, datetime.now(UTC)) is None:
+        raise InvalidInput("cron", f"{spec.schedule!r} never fires again", "pick a time that will come")
+    return spec
+
+
+def create_schedule(conn: Conn, name: str, actor: str, args: dict[str, Any], cron: str, time_zone: str = "UTC",
+                    queue_name: str | None = None) -> dict[str, Any]:
+    manifests.check_schedule_name(name)
+    declared = registry.get(registry.validate_name(actor))
+    checked = validate_args(declared, args)
+    spec = _parse_spec({"actor": declared.name, "args": checked, "schedule": cron, "timeZone": time_zone,
+                        "queue": queue_name or declared.queue})
+    existing = conn.execute("SELECT 1 FROM kubetasks.schedules WHERE name = %s", (name,)).fetchone()
+    if existing is not None:
+        raise InvalidInput("name", f"schedule {name!r} already exists", "pick another name, or edit that one")
+    return schedule_json(schedules.apply(conn, name, spec, source="dashboard"))
+
+
+# -- Overview ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Cached:
+    at: float
+    value: dict[str, Any]
+
+
+_overview_cache: dict[str, _Cached] = {}
+
+
+def overview(conn: Conn, *, max_age: float = 5.0, now: datetime | None = None) -> dict[str, Any]:
+    """Counts for the overview page, none of them a scan of the whole table: live tasks (the claim index's
+    rows), finished in the last hour and day (ranges of tasks_finished), a per-minute throughput series, queue
+    depth, and the planner's estimate of the table size. Cached for `max_age` seconds per database."""
+    key = conn.info.dsn
+    cached = _overview_cache.get(key)
+    if cached is not None and time.monotonic() - cached.at < max_age:
+        return cached.value
+    at = now or db.now(conn)
+    hour, day = at - timedelta(hours=1), at - timedelta(days=1)
+    value = {
+        "at": at.isoformat(),
+        "live": list(conn.execute(queries.get("live_counts"))),
+        "last_hour": list(conn.execute(queries.get("finished_counts"), {"since": hour})),
+        "last_day": list(conn.execute(queries.get("finished_counts"), {"since": day})),
+        "throughput": [{"minute": r["minute"].isoformat(), "ok": r["ok"], "failed": r["failed"]}
+                       for r in conn.execute(queries.get("throughput"), {"since": hour})],
+        "queues": queue_depth(conn),
+        "table_estimate": _estimate(conn),
+        "states": list(protocol.STATES),
+    }
+    _overview_cache[key] = _Cached(time.monotonic(), value)
+    return value
+
+
+def queue_depth(conn: Conn) -> list[dict[str, Any]]:
+    """What queue.queue_depth returns, through the index of unfinished rows (see dashboard.sql)."""
+    return list(conn.execute(queries.get("queue_depth")))
+
+
+def _estimate(conn: Conn) -> int:
+    row = conn.execute(queries.get("table_estimate")).fetchone()
+    return int(row["estimate"]) if row else 0
+
+
+def namespaces(conn: Conn) -> list[str]:
+    return [row["name"] for row in conn.execute(queries.get("task_namespaces"))]
+
