@@ -121,9 +121,10 @@ def explain(conn: db.Conn, query: str, params: dict[str, Any] | None = None) -> 
 def measure(dsn: str, repeat: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
-    from kubetasks.worker.dashboard import service
+    from kubetasks.worker.dashboard import counts, tasks
     from kubetasks.worker.dashboard.app import DashboardConfig, create_app
     from kubetasks.worker.dashboard.auth import TokenAuth
+    from kubetasks.worker.dashboard.scope import EVERYTHING
 
     token = "bench-token-0123456789"
     results: dict[str, Any] = {"routes": {}, "sql": {}}
@@ -132,7 +133,7 @@ def measure(dsn: str, repeat: int) -> dict[str, Any]:
         for name, path in routes(conn).items():
             timings = []
             for _ in range(repeat + 2):
-                service._overview_cache.clear()
+                counts._overview_cache.clear()
                 began = time.perf_counter()
                 answer = client.get(path)
                 timings.append((time.perf_counter() - began) * 1000)
@@ -151,7 +152,7 @@ def measure(dsn: str, repeat: int) -> dict[str, Any]:
             "path": "/api/v1/overview", "median_ms": round(statistics.median(cached), 2),
             "p95_ms": round(cached[int(0.95 * (len(cached) - 1))], 2)}
         for name, fields in LISTS.items():
-            statement, params = service.list_statement(service.TaskQuery(**fields), service.EVERYTHING, limit=51)
+            statement, params = tasks.list_statement(tasks.TaskQuery(**fields), EVERYTHING, limit=51)
             results["sql"][name] = explain(conn, statement.as_string(conn), params)
         for name, query in EXPLAINS.items():
             results["sql"][name] = explain(conn, query)

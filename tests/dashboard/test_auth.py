@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from faults.test_bad_input import snapshot
 
 from kubetasks.worker import db, queue
-from kubetasks.worker.dashboard.app import HIDDEN, DashboardConfig, create_app
+from kubetasks.worker.dashboard.access import HIDDEN
+from kubetasks.worker.dashboard.app import DashboardConfig, create_app
 from kubetasks.worker.dashboard.auth import ApiServer, KubernetesAuth, ProxyHeaders
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apiserver"))

@@ -1,5 +1,5 @@
 -- Queries of the dashboard, one named block each: "-- name: why". The task list's WHERE clause is composed in
--- service.py from the filters; everything else is here. None of them counts the whole table.
+-- tasks.py from the filters; everything else is here. None of them counts the whole table.
 
 -- live_counts: queued and running tasks by actor and state. `finished_at IS NULL` says the same as the state
 -- (the table's CHECK) in the words of the partial index tasks_unfinished, so only live rows are read.

@@ -1,65 +1,28 @@
-"""What the dashboard reads and does, on one connection each call; no HTTP here.
+"""The dashboard's task reads and actions: the filtered, paginated list, one task's detail, enqueueing and the
+bulk runbook actions. No HTTP here; one connection per call.
 
-Reads and actions go through the worker's public functions (queue, schedules, registry) where they exist;
-the task list has its own WHERE clause because it filters on more than `queue.TaskFilter` knows (standalone,
-time range, namespace, search) and compares states as the enum, so the per-state index is usable.
+Reads and actions go through the worker's public functions (queue, registry) where they exist; the task list
+has its own WHERE clause because it filters on more than `queue.TaskFilter` knows (standalone, time range,
+namespace, search) and compares states as the enum, so the per-state index is usable.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, LiteralString
 
 from psycopg import sql
 
-from .. import cron, db, manifests, protocol, queue, registry, schedules
+from .. import protocol, queue, registry
 from ..db import Conn
 from ..errors import InvalidInput
-from ..manifests import ScheduleSpec
 from . import queries
 from .schemas import validate_args
+from .scope import Scope, task_namespace
 
-_OPERATOR_REF = re.compile(r"^(taskrun|trigger)/([^/]+)/")
 MAX_LIMIT = 500
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What a principal may see: every namespace (None) or these ones, and standalone (cluster-scoped) tasks."""
-
-    namespaces: frozenset[str] | None = None
-    cluster: bool = True
-
-    @property
-    def everything(self) -> bool:
-        return self.namespaces is None and self.cluster
-
-    def allows(self, namespace: str | None) -> bool:
-        if namespace is None:
-            return self.cluster
-        return self.namespaces is None or namespace in self.namespaces
-
-
-EVERYTHING = Scope()
-
-
-def task_namespace(schedule_name: str | None, object_ref: str | None) -> str | None:
-    """Mirror of the SQL function kubetasks.task_namespace (migration 0003)."""
-    if schedule_name is not None:
-        return schedule_name.split("/", 1)[0]
-    if object_ref is not None:
-        match = _OPERATOR_REF.match(object_ref)
-        if match:
-            return match.group(2)
-    return None
-
-
-def schedule_namespace(name: str) -> str:
-    return name.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -165,8 +128,6 @@ class TaskQuery:
                                 schedule=self.schedule, object_ref=self.object_ref,
                                 exclude_successful=self.exclude_successful)
 
-
-# -- Tasks -------------------------------------------------------------------------------------------------
 
 def task_json(task: queue.Task, description: str | None = None) -> dict[str, Any]:
     data = task.as_json()
@@ -314,145 +275,3 @@ def _describe(query: TaskQuery) -> dict[str, Any]:
                               ("queue", list(query.queues)), ("schedule", query.schedule),
                               ("object", query.object_ref), ("exclude_successful", query.exclude_successful))
             if v}
-
-
-# -- Schedules ---------------------------------------------------------------------------------------------
-
-def schedule_json(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
-    out["namespace"] = schedule_namespace(row["name"])
-    out["owned_by_resource"] = row.get("source") == "operator"
-    return out
-
-
-def list_schedules(conn: Conn, scope: Scope, namespace: str | None = None) -> list[dict[str, Any]]:
-    return [schedule_json(row) for row in schedules.list_schedules(conn)
-            if scope.allows(schedule_namespace(row["name"]))
-            and (namespace is None or schedule_namespace(row["name"]) == namespace)]
-
-
-def schedule_detail(conn: Conn, name: str, runs: int = 10) -> dict[str, Any]:
-    data = schedule_json(schedules.get(conn, name))
-    data["recent_runs"] = [task_json(t) for t in schedules.history(conn, name, limit=runs)]
-    return data
-
-
-class OwnedByResource(InvalidInput):
-    """A change to a schedule a Schedule custom resource owns: GitOps would undo it, so say where to make it."""
-
-    def __init__(self, name: str, what: str) -> None:
-        namespace, _, short = name.partition("/")
-        super().__init__("name", f"schedule {name!r} is owned by a Schedule resource; {what} it there",
-                         f"kubectl -n {namespace} edit schedules.kubetasks.dev {short} (or change its manifest "
-                         "in Git)")
-
-
-def _owned(conn: Conn, name: str) -> dict[str, Any]:
-    return schedules.get(conn, name)
-
-
-def pause_schedule(conn: Conn, name: str) -> dict[str, Any]:
-    if _owned(conn, name)["source"] == "operator":
-        raise OwnedByResource(name, "set spec.suspend: true on")
-    return schedule_json(schedules.pause(conn, name))
-
-
-def resume_schedule(conn: Conn, name: str) -> dict[str, Any]:
-    if _owned(conn, name)["source"] == "operator":
-        raise OwnedByResource(name, "set spec.suspend: false on")
-    return schedule_json(schedules.resume(conn, name))
-
-
-def trigger_schedule(conn: Conn, name: str) -> dict[str, Any]:
-    task = schedules.trigger(conn, name)
-    return {"task": task_json(task), "created": task.created}
-
-
-def edit_schedule(conn: Conn, name: str, *, cron: str | None, time_zone: str | None) -> dict[str, Any]:
-    row = schedules.get(conn, name)
-    if row["source"] == "operator":
-        raise OwnedByResource(name, "edit spec.schedule / spec.timeZone of")
-    if cron is None and time_zone is None:
-        raise InvalidInput("cron", "nothing to change", "pass cron, time_zone or both")
-    data = schedules.spec_of(row).model_dump(by_alias=True)
-    data.update({k: v for k, v in (("schedule", cron), ("timeZone", time_zone)) if v is not None})
-    spec = _parse_spec(data)
-    return schedule_json(schedules.apply(conn, name, spec, source=row["source"], validate_actor=False))
-
-
-_SPEC_FIELDS = {"spec.schedule": "cron", "spec.timeZone": "time_zone", "spec.queue": "queue", "spec.args": "args"}
-
-
-def _parse_spec(data: dict[str, Any]) -> ScheduleSpec:
-    """A spec, its errors named as the API's fields (cron, time_zone), with a check that it fires at all."""
-    try:
-        spec = manifests.parse_spec(data)
-    except InvalidInput as exc:
-        raise InvalidInput(_SPEC_FIELDS.get(exc.field, exc.field), exc.problem, exc.fix) from None
-    if cron.next_tick(spec.schedule, spec.time_zone, datetime.now(UTC)) is None:
-        raise InvalidInput("cron", f"{spec.schedule!r} never fires again", "pick a time that will come")
-    return spec
-
-
-def create_schedule(conn: Conn, name: str, actor: str, args: dict[str, Any], cron: str, time_zone: str = "UTC",
-                    queue_name: str | None = None) -> dict[str, Any]:
-    manifests.check_schedule_name(name)
-    declared = registry.get(registry.validate_name(actor))
-    checked = validate_args(declared, args)
-    spec = _parse_spec({"actor": declared.name, "args": checked, "schedule": cron, "timeZone": time_zone,
-                        "queue": queue_name or declared.queue})
-    existing = conn.execute("SELECT 1 FROM kubetasks.schedules WHERE name = %s", (name,)).fetchone()
-    if existing is not None:
-        raise InvalidInput("name", f"schedule {name!r} already exists", "pick another name, or edit that one")
-    return schedule_json(schedules.apply(conn, name, spec, source="dashboard"))
-
-
-# -- Overview ----------------------------------------------------------------------------------------------
-
-@dataclass
-class _Cached:
-    at: float
-    value: dict[str, Any]
-
-
-_overview_cache: dict[str, _Cached] = {}
-
-
-def overview(conn: Conn, *, max_age: float = 5.0, now: datetime | None = None) -> dict[str, Any]:
-    """Counts for the overview page, none of them a scan of the whole table: live tasks (the claim index's
-    rows), finished in the last hour and day (ranges of tasks_finished), a per-minute throughput series, queue
-    depth, and the planner's estimate of the table size. Cached for `max_age` seconds per database."""
-    key = conn.info.dsn
-    cached = _overview_cache.get(key)
-    if cached is not None and time.monotonic() - cached.at < max_age:
-        return cached.value
-    at = now or db.now(conn)
-    hour, day = at - timedelta(hours=1), at - timedelta(days=1)
-    value = {
-        "at": at.isoformat(),
-        "live": list(conn.execute(queries.get("live_counts"))),
-        "last_hour": list(conn.execute(queries.get("finished_counts"), {"since": hour})),
-        "last_day": list(conn.execute(queries.get("finished_counts"), {"since": day})),
-        "throughput": [{"minute": r["minute"].isoformat(), "ok": r["ok"], "failed": r["failed"]}
-                       for r in conn.execute(queries.get("throughput"), {"since": hour})],
-        "queues": queue_depth(conn),
-        "table_estimate": _estimate(conn),
-        "states": list(protocol.STATES),
-    }
-    _overview_cache[key] = _Cached(time.monotonic(), value)
-    return value
-
-
-def queue_depth(conn: Conn) -> list[dict[str, Any]]:
-    """What queue.queue_depth returns, through the index of unfinished rows (see dashboard.sql)."""
-    return list(conn.execute(queries.get("queue_depth")))
-
-
-def _estimate(conn: Conn) -> int:
-    row = conn.execute(queries.get("table_estimate")).fetchone()
-    return int(row["estimate"]) if row else 0
-
-
-def namespaces(conn: Conn) -> list[str]:
-    return [row["name"] for row in conn.execute(queries.get("task_namespaces"))]
-

@@ -1,0 +1,61 @@
+"""The dashboard's counts: the overview page (cached a few seconds), queue depth and the namespaces holding
+tasks, each read through an index rather than a scan of the task table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .. import db, protocol
+from ..db import Conn
+from . import queries
+
+
+@dataclass
+class _Cached:
+    at: float
+    value: dict[str, Any]
+
+
+_overview_cache: dict[str, _Cached] = {}
+
+
+def overview(conn: Conn, *, max_age: float = 5.0, now: datetime | None = None) -> dict[str, Any]:
+    """Counts for the overview page, none of them a scan of the whole table: live tasks (the claim index's
+    rows), finished in the last hour and day (ranges of tasks_finished), a per-minute throughput series, queue
+    depth, and the planner's estimate of the table size. Cached for `max_age` seconds per database."""
+    key = conn.info.dsn
+    cached = _overview_cache.get(key)
+    if cached is not None and time.monotonic() - cached.at < max_age:
+        return cached.value
+    at = now or db.now(conn)
+    hour, day = at - timedelta(hours=1), at - timedelta(days=1)
+    value = {
+        "at": at.isoformat(),
+        "live": list(conn.execute(queries.get("live_counts"))),
+        "last_hour": list(conn.execute(queries.get("finished_counts"), {"since": hour})),
+        "last_day": list(conn.execute(queries.get("finished_counts"), {"since": day})),
+        "throughput": [{"minute": r["minute"].isoformat(), "ok": r["ok"], "failed": r["failed"]}
+                       for r in conn.execute(queries.get("throughput"), {"since": hour})],
+        "queues": queue_depth(conn),
+        "table_estimate": _estimate(conn),
+        "states": list(protocol.STATES),
+    }
+    _overview_cache[key] = _Cached(time.monotonic(), value)
+    return value
+
+
+def queue_depth(conn: Conn) -> list[dict[str, Any]]:
+    """What queue.queue_depth returns, through the index of unfinished rows (see dashboard.sql)."""
+    return list(conn.execute(queries.get("queue_depth")))
+
+
+def _estimate(conn: Conn) -> int:
+    row = conn.execute(queries.get("table_estimate")).fetchone()
+    return int(row["estimate"]) if row else 0
+
+
+def namespaces(conn: Conn) -> list[str]:
+    return [row["name"] for row in conn.execute(queries.get("task_namespaces"))]
