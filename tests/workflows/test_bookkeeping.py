@@ -1,0 +1,118 @@
+"""The workflow bookkeeping of migration 0005 on real PostgreSQL, children finished by hand (no workers):
+step order, the failure policy and its reason, callbacks, cancel and retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetasks.worker import db, queue, workflows
+from kubetasks.worker.queue import TaskFilter
+
+
+def finish(conn: db.Conn, ids: list[int], state: str = "successful", error: str | None = None) -> None:
+    conn.execute("UPDATE kubetasks.tasks SET state = %s::kubetasks.task_state, error = %s, finished_at = now()"
+                 " WHERE id = ANY(%s)", (state, error, ids))
+
+
+def live(conn: db.Conn, wf: int) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for row in conn.execute("SELECT id, step FROM kubetasks.tasks WHERE parent_id = %s"
+                            " AND state IN ('queued', 'running') ORDER BY id", (wf,)):
+        found.setdefault(row["step"], []).append(row["id"])
+    return found
+
+
+def three_steps(**options: Any) -> workflows.Workflow:
+    return workflows.chain(
+        workflows.each("users", "t.noop", [{"page": i} for i in range(20)]),
+        workflows.each("groups", "t.noop", [{"page": i} for i in range(4)]),
+        workflows.step("memberships", workflows.call("t.noop")),
+        name="ldap", **options)
+
+
+def test_steps_start_in_order_and_the_parent_ends_successful(conn: db.Conn) -> None:
+    wf = workflows.start(conn, three_steps(callback=workflows.call("t.noop", {"note": "done"})))
+    parent = queue.get_task(conn, wf)
+    assert (parent.state, parent.worker, parent.eta.year) == ("running", None, 9999)
+    assert list(live(conn, wf)) == [0] and len(live(conn, wf)[0]) == 20
+    finish(conn, live(conn, wf)[0][:19])
+    assert list(live(conn, wf)) == [0]
+    finish(conn, live(conn, wf)[0])
+    assert list(live(conn, wf)) == [1]
+    finish(conn, live(conn, wf)[1][:3])
+    summary = [s.summary() for s in workflows.progress(conn, wf)]
+    assert summary == ["users 20/20", "groups 3/4", "memberships 0/0"]
+    finish(conn, live(conn, wf)[1])
+    finish(conn, live(conn, wf)[2])
+    parent = queue.get_task(conn, wf)
+    assert (parent.state, parent.reason) == ("successful", "Succeeded")
+    assert [s["done"] for s in parent.result["steps"]] == [20, 4, 1]
+    callbacks = queue.list_tasks(conn, TaskFilter(actors=["t.noop"], top_level=True))
+    assert [c.args for c in callbacks] == [{"note": "done", "workflow": wf, "state": "successful"}]
+
+
+def test_a_failed_child_stops_the_chain_naming_it(conn: db.Conn) -> None:
+    wf = workflows.start(conn, three_steps())
+    users = live(conn, wf)[0]
+    finish(conn, users[3:4], "error", "LDAP said no\ntraceback")
+    finish(conn, users[:3] + users[4:])
+    parent = queue.get_task(conn, wf)
+    assert (parent.state, parent.reason) == ("error", "ChildFailed")
+    assert parent.error == f"step users: child {users[3]} (t.noop) error: LDAP said no"
+    assert live(conn, wf) == {}  # groups never started
+
+    # Retry re-runs only the failed child, then the chain carries on.
+    assert queue.retry_task(conn, wf).state == "running"
+    assert live(conn, wf) == {0: [users[3]]}
+    finish(conn, [users[3]])
+    assert list(live(conn, wf)) == [1]
+
+
+def test_continue_policy_runs_later_steps_and_warns(conn: db.Conn) -> None:
+    wf = workflows.start(conn, three_steps(on_failure="continue"))
+    users = live(conn, wf)[0]
+    finish(conn, users[:1], "error", "boom")
+    finish(conn, users[1:])
+    finish(conn, live(conn, wf)[1])
+    finish(conn, live(conn, wf)[2])
+    parent = queue.get_task(conn, wf)
+    assert (parent.state, parent.reason) == ("warning", "SucceededWithFailedChildren")
+
+
+def test_cancel_cancels_pending_children_and_retry_resumes(conn: db.Conn) -> None:
+    wf = workflows.start(conn, three_steps())
+    users = live(conn, wf)[0]
+    finish(conn, users[:5])
+    assert queue.cancel_task(conn, wf) is not None
+    assert queue.get_task(conn, wf).state == "cancelled"
+    assert live(conn, wf) == {}
+    steps = workflows.progress(conn, wf)
+    assert (steps[0].succeeded, steps[0].cancelled, steps[0].pending) == (5, 15, 0)
+    assert workflows.retry(conn, wf) == 15
+    assert live(conn, wf) == {0: users[5:]}
+    finish(conn, users[5:])
+    assert list(live(conn, wf)) == [1]
+
+
+def test_empty_steps_are_passed_and_an_empty_group_finishes_at_once(conn: db.Conn) -> None:
+    wf = workflows.start(conn, workflows.group("t.noop", []))
+    assert queue.get_task(conn, wf).state == "successful"
+    flow = workflows.chain(workflows.step("nothing"), workflows.step("one", workflows.call("t.noop")))
+    wf = workflows.start(conn, flow)
+    assert list(live(conn, wf)) == [1]
+
+
+def test_deleting_a_pending_child_counts_it_cancelled(conn: db.Conn) -> None:
+    wf = workflows.start(conn, workflows.group("t.noop", [{}, {}]))
+    assert queue.flush_queue(conn, "default") == 2
+    parent = queue.get_task(conn, wf)
+    assert parent.state == "error"
+    # Deleting the parent deletes everything it owns.
+    conn.execute("DELETE FROM kubetasks.tasks WHERE id = %s", (wf,))
+    assert conn.execute("SELECT count(*) AS n FROM kubetasks.workflow_steps").fetchone() == {"n": 0}
+
+
+def test_list_can_hide_children(conn: db.Conn) -> None:
+    wf = workflows.start(conn, workflows.group("t.noop", [{}, {}, {}]))
+    assert [t.id for t in queue.list_tasks(conn, TaskFilter(top_level=True))] == [wf]
+    assert len(queue.list_tasks(conn)) == 4
