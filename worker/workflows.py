@@ -271,9 +271,10 @@ def progress(conn: db.Conn, workflow_id: int) -> list[StepProgress]:
     return [StepProgress(**row) for row in conn.execute(queries.get("workflow_step_list"), {"id": workflow_id})]
 
 
-def children(conn: db.Conn, workflow_id: int, limit: int = 1000) -> list[queue.Task]:
-    return [queue.Task.from_row(row) for row in
-            conn.execute(queries.get("workflow_child_list"), {"id": workflow_id, "limit": limit})]
+def children(conn: db.Conn, workflow_id: int, step: int | None = None, limit: int = 1000) -> list[queue.Task]:
+    """A workflow's children (of one step, or all), by step then id."""
+    return [queue.Task.from_row(row) for row in conn.execute(
+        queries.get("workflow_child_list"), {"id": workflow_id, "step": step, "limit": limit})]
 
 
 def cancel(conn: db.Conn, workflow_id: int, message: str | None = None) -> int | None:

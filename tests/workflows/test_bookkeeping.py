@@ -3,9 +3,13 @@ step order, the failure policy and its reason, callbacks, cancel and retry."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from click.testing import CliRunner
+
 from kubetasks.worker import db, queue, workflows
+from kubetasks.worker.cli import main
 from kubetasks.worker.queue import TaskFilter
 
 
@@ -116,3 +120,18 @@ def test_list_can_hide_children(conn: db.Conn) -> None:
     wf = workflows.start(conn, workflows.group("t.noop", [{}, {}, {}]))
     assert [t.id for t in queue.list_tasks(conn, TaskFilter(top_level=True))] == [wf]
     assert len(queue.list_tasks(conn)) == 4
+
+
+def test_cli_shows_the_tree_and_hides_children(conn: db.Conn, dsn: str) -> None:
+    wf = workflows.start(conn, workflows.chain(workflows.each("users", "t.noop", [{}] * 12),
+                                               workflows.step("groups", workflows.call("t.noop")), name="ldap"))
+    finish(conn, live(conn, wf)[0][:2], "error", "LDAP said no")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["tasks", "show", str(wf)])
+    assert shown.exit_code == 0, shown.output
+    assert f"workflow {wf} ldap: running" in shown.output
+    assert "├─ step 0 users 2/12 (2 failed) [running]" in shown.output
+    assert "LDAP said no" in shown.output and "… 2 more" in shown.output
+    assert "└─ step 1 groups 0/0 [waiting]" in shown.output
+    listed = runner.invoke(main, ["tasks", "list", "--hide-children", "--json"])
+    assert [t["id"] for t in json.loads(listed.output)] == [wf]

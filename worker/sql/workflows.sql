@@ -53,8 +53,9 @@ SELECT * FROM kubetasks.workflows WHERE task_id = %(id)s;
 SELECT step, name, total, pending, succeeded, warned, failed, cancelled, failed_child, started_at, finished_at
 FROM kubetasks.workflow_steps WHERE workflow_id = %(id)s ORDER BY step;
 
--- workflow_child_list: a page of a workflow's children, by step then id (index tasks_children).
-SELECT * FROM kubetasks.tasks WHERE parent_id = %(id)s ORDER BY step, id LIMIT %(limit)s;
+-- workflow_child_list: a page of a workflow's children (of one step, or all), by step then id (tasks_children).
+SELECT * FROM kubetasks.tasks WHERE parent_id = %(id)s AND (%(step)s::integer IS NULL OR step = %(step)s)
+ORDER BY step, id LIMIT %(limit)s;
 
 -- workflow_cancel: cancel a workflow and its unfinished children (NULL: it had already finished).
 SELECT kubetasks.workflow_cancel(%(id)s, %(message)s) AS cancelled;
