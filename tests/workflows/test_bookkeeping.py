@@ -8,9 +8,10 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from kubetasks.worker import db, queue, workflows
+from kubetasks.worker import db, metrics, queue, workflows
 from kubetasks.worker.cli import main
 from kubetasks.worker.queue import TaskFilter
+from kubetasks.worker.settings import Settings
 
 
 def finish(conn: db.Conn, ids: list[int], state: str = "successful", error: str | None = None) -> None:
@@ -135,3 +136,12 @@ def test_cli_shows_the_tree_and_hides_children(conn: db.Conn, dsn: str) -> None:
     assert "└─ step 1 groups 0/0 [waiting]" in shown.output
     listed = runner.invoke(main, ["tasks", "list", "--hide-children", "--json"])
     assert [t["id"] for t in json.loads(listed.output)] == [wf]
+
+
+def test_metrics_count_workflows_by_state(conn: db.Conn, settings: Settings) -> None:
+    done = workflows.start(conn, workflows.group("t.noop", []))
+    workflows.start(conn, workflows.group("t.noop", [{}]))
+    assert queue.get_task(conn, done).state == "successful"
+    families = {f.name: f for f in metrics.DatabaseCollector(settings.database, cache_seconds=0).collect()}
+    samples = {s.labels["state"]: s.value for s in families["kubetasks_workflows"].samples}
+    assert samples == {"running": 1, "successful": 1}
