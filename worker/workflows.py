@@ -254,7 +254,9 @@ class StepProgress:
 
     @property
     def state(self) -> str:
-        return "done" if self.finished_at else "running" if self.started_at else "waiting"
+        if self.started_at is None:
+            return "waiting"
+        return "running" if self.pending or self.finished_at is None else "done"
 
     def summary(self) -> str:
         """'users 20/20', 'groups 3/4 (1 failed)'."""

@@ -145,3 +145,28 @@ def test_metrics_count_workflows_by_state(conn: db.Conn, settings: Settings) -> 
     families = {f.name: f for f in metrics.DatabaseCollector(settings.database, cache_seconds=0).collect()}
     samples = {s.labels["state"]: s.value for s in families["kubetasks_workflows"].samples}
     assert samples == {"running": 1, "successful": 1}
+
+
+def test_a_child_retried_on_its_own_is_pending_again(conn: db.Conn) -> None:
+    wf = workflows.start(conn, three_steps())
+    users = live(conn, wf)[0]
+    finish(conn, users[:1], "error", "boom")
+    queue.retry_task(conn, users[0])  # before the step closed: it must finish again before the step does
+    finish(conn, users[1:])
+    assert list(live(conn, wf)) == [0]
+    finish(conn, users[:1])
+    assert list(live(conn, wf)) == [1]
+    # After the step closed: counted again, never below zero, and the chain is not moved twice.
+    queue.retry_task(conn, users[1])
+    finish(conn, users[1:2])
+    assert list(live(conn, wf)) == [1] and len(live(conn, wf)[1]) == 4
+    assert [s.state for s in workflows.progress(conn, wf)] == ["done", "running", "waiting"]
+
+
+def test_an_error_while_moving_on_fails_the_workflow_not_the_outcome(conn: db.Conn) -> None:
+    wf = workflows.start(conn, workflows.group("t.noop", [{}], callback=workflows.call("t.noop")))
+    conn.execute("UPDATE kubetasks.workflows SET callback = '{\"actor\": null}' WHERE task_id = %s", (wf,))
+    finish(conn, live(conn, wf)[0])  # the outcome is written ...
+    parent = queue.get_task(conn, wf)
+    assert (parent.state, parent.reason) == ("error", "WorkflowFailed")  # ... and the workflow says why
+    assert "null value" in (parent.error or "")

@@ -60,8 +60,8 @@ CREATE FUNCTION kubetasks.workflow_progress(wf bigint) RETURNS jsonb LANGUAGE sq
     RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'name', s.name, 'total', s.total, 'done', s.total - s.pending, 'succeeded', s.succeeded,
                 'warned', s.warned, 'failed', s.failed, 'cancelled', s.cancelled,
-                'state', CASE WHEN s.finished_at IS NOT NULL THEN 'done'
-                              WHEN s.started_at IS NOT NULL THEN 'running' ELSE 'waiting' END)
+                'state', CASE WHEN s.started_at IS NULL THEN 'waiting'
+                              WHEN s.pending > 0 OR s.finished_at IS NULL THEN 'running' ELSE 'done' END)
                 ORDER BY s.step), '[]'::jsonb)
             FROM kubetasks.workflow_steps s WHERE s.workflow_id = wf);
 
@@ -163,6 +163,9 @@ END
 $$;
 
 -- A child reached a final state (or was deleted before it did): count it, and let the last one move on.
+-- A child queued again on its own (`tasks retry <child>`) is pending again. A step already closed is never
+-- counted below zero. An error while moving on (a bad callback, say) fails the workflow with that error
+-- rather than the worker's outcome batch; lock conflicts are raised, so the batch is retried as usual.
 CREATE FUNCTION kubetasks.workflow_child_finished() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     child record;
@@ -172,6 +175,16 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         child := OLD;
         outcome := 'cancelled';
+    ELSIF NEW.state IN ('queued', 'running') THEN
+        UPDATE kubetasks.workflow_steps
+        SET pending = pending + 1,
+            succeeded = succeeded - (OLD.state = 'successful')::integer,
+            warned = warned - (OLD.state = 'warning')::integer,
+            failed = failed - (OLD.state = 'error')::integer,
+            cancelled = cancelled - (OLD.state = 'cancelled')::integer,
+            failed_child = CASE WHEN failed_child = NEW.id THEN NULL ELSE failed_child END
+        WHERE workflow_id = NEW.parent_id AND step = NEW.step;
+        RETURN NULL;
     ELSE
         child := NEW;
         outcome := NEW.state;
@@ -184,17 +197,27 @@ BEGIN
         cancelled = cancelled + (outcome = 'cancelled')::integer,
         failed_child = CASE WHEN failed_child IS NULL AND outcome IN ('error', 'cancelled') THEN child.id
                             ELSE failed_child END
-    WHERE workflow_id = child.parent_id AND step = child.step
+    WHERE workflow_id = child.parent_id AND step = child.step AND pending > 0
     RETURNING pending INTO remaining;
     IF remaining = 0 THEN
-        PERFORM kubetasks.workflow_advance(child.parent_id);
+        BEGIN
+            PERFORM kubetasks.workflow_advance(child.parent_id);
+        EXCEPTION
+            WHEN deadlock_detected OR serialization_failure OR lock_not_available OR query_canceled THEN
+                RAISE;
+            WHEN OTHERS THEN
+                UPDATE kubetasks.tasks
+                SET state = 'error', reason = 'WorkflowFailed', eta = now(), finished_at = now(), updated_at = now(),
+                    error = 'could not move on after child ' || child.id || ': ' || SQLERRM
+                WHERE id = child.parent_id AND state = 'running';
+        END;
     END IF;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER tasks_workflow_child AFTER UPDATE ON kubetasks.tasks
-    FOR EACH ROW WHEN (NEW.parent_id IS NOT NULL AND OLD.state IN ('queued', 'running')
-                       AND NEW.state NOT IN ('queued', 'running'))
+    FOR EACH ROW WHEN (NEW.parent_id IS NOT NULL AND (OLD.state IN ('queued', 'running'))
+                       <> (NEW.state IN ('queued', 'running')))
     EXECUTE FUNCTION kubetasks.workflow_child_finished();
 CREATE TRIGGER tasks_workflow_child_deleted AFTER DELETE ON kubetasks.tasks
     FOR EACH ROW WHEN (OLD.parent_id IS NOT NULL AND OLD.state IN ('queued', 'running'))
