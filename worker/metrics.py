@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import db, queries, queue
+from . import db, queries, queue, workflows
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -64,6 +64,8 @@ class DatabaseCollector(Collector):
                                   labels=["state", "actor"])
         depth = GaugeMetricFamily("kubetasks_queue_depth", "Tasks waiting per queue: runnable now, delayed "
                                   "(future eta or retry backoff) and executing.", labels=["queue", "kind"])
+        flows = GaugeMetricFamily("kubetasks_workflows", "Workflows (parent tasks) in the database, by state.",
+                                  labels=["state"])
         last = GaugeMetricFamily("kubetasks_schedule_last_success_timestamp_seconds",
                                  "When each schedule's last run succeeded.", labels=["schedule"])
         if self._pool is None:
@@ -76,7 +78,9 @@ class DatabaseCollector(Collector):
                     depth.add_metric([row["queue"], kind], row[kind])
             for row in conn.execute(queries.get("schedule_list_last_success")):
                 last.add_metric([row["name"]], row["last_success"].timestamp())
-        return [tasks, depth, last]
+            for state, count in workflows.count_by_state(conn).items():
+                flows.add_metric([state], count)
+        return [tasks, depth, last, flows]
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not query the database (it may not be up yet)

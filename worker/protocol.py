@@ -75,6 +75,10 @@ LIVE_STATES: Final[tuple[TaskState, ...]] = ("queued", "running")  # not finishe
 FINAL_STATES: Final[tuple[TaskState, ...]] = ("successful", "warning", "error", "cancelled")
 OK_STATES: Final[tuple[TaskState, ...]] = ("successful", "warning")  # a run that did its job
 
+# -- Workflows --------------------------------------------------------------------------------------------
+# The pseudo-actor of a workflow's parent task (migration 0005): it never runs on a worker.
+WORKFLOW_ACTOR: Final = "kubetasks.workflow"
+
 # -- Names -------------------------------------------------------------------------------------------------
 # Anchored patterns, as a CRD's OpenAPI `pattern` wants them; the compiled forms use fullmatch.
 ACTOR_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,255}$"

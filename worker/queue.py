@@ -51,6 +51,8 @@ class Task:
     finished_at: datetime | None
     updated_at: datetime
     created: bool = True  # False when a dedup key returned a task that already existed
+    parent_id: int | None = None  # the workflow this task is a child of (workflows.py)
+    step: int | None = None  # its step in that workflow
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -211,7 +213,14 @@ def attempts(conn: Conn, task_id: int) -> list[dict[str, Any]]:
 
 
 def retry_task(conn: Conn, task_id: int) -> Task:
-    """Queue a finished task again. Refused for a task that is still queued or running."""
+    """Queue a finished task again. Refused for a task that is still queued or running. A workflow re-runs the
+    failed children of the step where it stopped (workflows.retry)."""
+    if get_task(conn, task_id).actor == protocol.WORKFLOW_ACTOR:
+        row = conn.execute(queries.get("workflow_retry"), {"id": task_id}).fetchone()
+        if row is None or row["requeued"] is None:
+            raise InvalidInput("id", f"workflow {task_id} is {get_task(conn, task_id).state}",
+                               "only a workflow in error or cancelled can be retried")
+        return get_task(conn, task_id)
     row = conn.execute(queries.get("task_retry"), {"id": task_id}).fetchone()
     if row is None:
         task = get_task(conn, task_id)
@@ -222,7 +231,11 @@ def retry_task(conn: Conn, task_id: int) -> Task:
 
 
 def cancel_task(conn: Conn, task_id: int, message: str | None = None) -> Task | None:
-    """Cancel a task not yet finished; None when it had already finished."""
+    """Cancel a task not yet finished; None when it had already finished. A workflow's unfinished children are
+    cancelled with it (workflows.cancel)."""
+    if get_task(conn, task_id).actor == protocol.WORKFLOW_ACTOR:
+        found = conn.execute(queries.get("workflow_cancel"), {"id": task_id, "message": message}).fetchone()
+        return None if found is None or found["cancelled"] is None else get_task(conn, task_id)
     row = conn.execute(queries.get("task_cancel"), {"id": task_id, "message": message}).fetchone()
     if row is None:
         get_task(conn, task_id)  # raises TaskNotFound when it does not exist
@@ -238,6 +251,7 @@ class TaskFilter:
     schedule: str | None = None
     object_ref: str | None = None
     exclude_successful: bool = False
+    top_level: bool = False  # hide the children of workflows
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         clauses: list[sql.Composable] = []
@@ -258,6 +272,8 @@ class TaskFilter:
             params["object_ref"] = self.object_ref
         if self.exclude_successful:
             clauses.append(sql.SQL("state <> 'successful'"))
+        if self.top_level:
+            clauses.append(sql.SQL("parent_id IS NULL"))
         if not clauses:
             return sql.SQL("true"), params
         return sql.SQL(" AND ").join(clauses), params

@@ -23,7 +23,7 @@ from typing import TextIO
 
 import click
 
-from .. import db, manifests, pgserver, protocol, queries, queue, registry, runner, schedules
+from .. import db, manifests, pgserver, protocol, queries, queue, registry, runner, schedules, workflows
 from ..settings import Settings
 from . import apply
 
@@ -85,6 +85,16 @@ def progress_line(elapsed: float, by_state: dict[str, int], delayed: int) -> str
     parts = [f"{state} {n}" + (f" ({delayed} waiting to retry or for their eta)" if state == "running" and delayed
                                else "") for state, n in by_state.items()]
     return f"{elapsed:5.0f}s  " + "  ".join(parts)
+
+
+def workflow_lines(conn: db.Conn, limit: int = 3) -> list[str]:
+    """The latest workflows with their steps' progress: 'workflow 7 ldap-sync ldap: users 21/21 → groups 2/5 …'."""
+    lines = []
+    for task in queue.list_tasks(conn, queue.TaskFilter(actors=[protocol.WORKFLOW_ACTOR]), limit=limit):
+        name = task.args.get("name", "workflow") if isinstance(task.args, dict) else "workflow"
+        steps = " → ".join(s.summary() for s in workflows.progress(conn, task.id))
+        lines.append(f"       workflow {task.id} {name}: {steps} [{task.state}]")
+    return lines
 
 
 def delayed(conn: db.Conn) -> int:
@@ -156,6 +166,7 @@ def _watch(conn: db.Conn, settings: Settings, folders: list[str], duration: floa
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.monotonic()
         crashed = False
+        shown: dict[str, str] = {}  # the last progress line printed per workflow
         try:
             while duration is None or time.monotonic() - started < duration:
                 if worker.poll() is not None:
@@ -165,6 +176,10 @@ def _watch(conn: db.Conn, settings: Settings, folders: list[str], duration: floa
                         say("  " + line)
                     break
                 say(progress_line(time.monotonic() - started, counts(conn), delayed(conn)))
+                for line in workflow_lines(conn):
+                    if shown.get(line.split(":")[0]) != line:  # only when its progress changed
+                        shown[line.split(":")[0]] = line
+                        say(line)
                 time.sleep(min(1.0, max(0.0, duration - (time.monotonic() - started))) if duration else 1.0)
         except KeyboardInterrupt:
             say()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .. import protocol, queue, registry
+from .. import protocol, queue, registry, workflows
 from ..errors import InvalidInput
 from .common import connect, load_actor_modules, schedule_key, settings_of
 from .output import emit_json, json_option, seconds, table, when
@@ -47,14 +47,16 @@ def tasks_stats(ctx: click.Context, as_json: bool) -> None:
 @click.option("--queue", "queues", multiple=True, help="Repeatable.")
 @click.option("--schedule", help="Runs of this schedule ('namespace/name').")
 @click.option("--exclude-successful", is_flag=True, help="Hide successful tasks.")
+@click.option("--hide-children", is_flag=True, help="Hide the children of workflows (show the workflows).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @json_option
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], actors: tuple[str, ...], queues: tuple[str, ...],
-               schedule: str | None, exclude_successful: bool, limit: int, as_json: bool) -> None:
+               schedule: str | None, exclude_successful: bool, hide_children: bool, limit: int,
+               as_json: bool) -> None:
     """Tasks, newest first."""
     filters = queue.TaskFilter(states=states, actors=actors, queues=queues, exclude_successful=exclude_successful,
-                               schedule=schedule_key(schedule) if schedule else None)
+                               schedule=schedule_key(schedule) if schedule else None, top_level=hide_children)
     with connect(ctx) as conn:
         found = queue.list_tasks(conn, filters, limit=limit)
     if as_json:
@@ -73,10 +75,15 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], actors: tuple[str, .
 @json_option
 @click.pass_context
 def tasks_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
-    """One task with the log of each attempt."""
+    """One task with the log of each attempt; a workflow with its steps and children as a tree."""
     with connect(ctx) as conn:
         task = queue.get_task(conn, task_id)
         attempts = queue.attempts(conn, task_id)
+        if workflows.is_workflow(task):
+            steps = workflows.progress(conn, task_id)
+            kids = [k for s in steps for k in workflows.children(conn, task_id, s.step, limit=SHOWN_CHILDREN)]
+            _show_workflow(task, steps, kids, as_json)
+            return
     current = next((a for a in attempts if a["attempt"] == task.attempts), None)
     previous = [a for a in attempts if a is not current]
     if as_json:
@@ -90,6 +97,7 @@ def tasks_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
               ("duration", seconds(task.duration)), ("worker", task.worker), ("schedule", task.schedule_name),
               ("schedule tick", when(task.schedule_tick) if task.schedule_tick else None),
               ("dedup key", task.dedup_key), ("object", task.object_ref),
+              ("workflow", None if task.parent_id is None else f"{task.parent_id} (step {task.step})"),
               ("result", None if task.result is None else json.dumps(task.result, ensure_ascii=False)),
               ("error", task.error)]
     for label, value in fields:
@@ -109,6 +117,39 @@ def tasks_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     click.echo("previous executions:" + ("" if previous else " none"))
     for attempt in previous:
         _echo_attempt(attempt)
+
+
+SHOWN_CHILDREN = 10  # children listed per step by `tasks show` (the rest are counted)
+
+
+def _show_workflow(task: queue.Task, steps: list[workflows.StepProgress], kids: list[queue.Task],
+                   as_json: bool) -> None:
+    by_step: dict[int, list[queue.Task]] = {}
+    for kid in kids:
+        by_step.setdefault(kid.step or 0, []).append(kid)
+    if as_json:
+        emit_json({"task": task.as_json(), "steps": [
+            {"step": s.step, "name": s.name, "state": s.state, "total": s.total, "done": s.done,
+             "succeeded": s.succeeded, "warned": s.warned, "failed": s.failed, "cancelled": s.cancelled,
+             "children": [k.id for k in by_step.get(s.step, [])]} for s in steps]})
+        return
+    name = task.args.get("name", "workflow") if isinstance(task.args, dict) else "workflow"
+    click.echo(f"workflow {task.id} {name}: {task.state} ({task.reason})  "
+               f"started {when(task.started_at)}, finished {when(task.finished_at)}")
+    if task.error:
+        click.echo(f"  error: {task.error}")
+    for index, s in enumerate(steps):
+        last = index == len(steps) - 1
+        click.echo(f"{'└─' if last else '├─'} step {s.step} {s.summary()} [{s.state}]")
+        shown = by_step.get(s.step, [])[:SHOWN_CHILDREN]
+        pad = "   " if last else "│  "
+        for kid in shown:
+            extra = f"  {kid.error.splitlines()[0]}" if kid.error and kid.state in ("error", "cancelled") else ""
+            click.echo(f"{pad}├─ {kid.id} {kid.actor} {kid.state} ({kid.reason}) "
+                       f"{seconds(kid.duration)}{extra}")
+        hidden = s.total - len(shown)
+        if hidden > 0:
+            click.echo(f"{pad}└─ … {hidden} more")
 
 
 def _echo_attempt(attempt: dict[str, Any]) -> None:
