@@ -20,6 +20,8 @@ QUEUE_CHANNEL: Final = "kubetasks"
 STATE_CHANNEL: Final = "kubetasks_state"
 # Sent by `task_cancel`: "<id>"; the worker running that task interrupts it.
 CANCEL_CHANNEL: Final = "kubetasks_cancel"
+# Sent by the `tasks_notification_enqueue` trigger when it wrote outbox rows: "<task id>"; wakes delivery.
+NOTIFICATION_CHANNEL: Final = "kubetasks_notification"
 
 
 def encode_wakeup(queue: str, task_id: int) -> str:
