@@ -36,7 +36,3 @@ WHERE state <> 'pending' AND created_at < now() - make_interval(secs => %(older_
 
 -- notification_list: a task's events, oldest first (CLI, tests).
 SELECT * FROM kubetasks.notifications WHERE task_id = %(task_id)s ORDER BY id;
-
--- notification_count_pending: pending events and the age of the oldest, for the metrics.
-SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
-FROM kubetasks.notifications WHERE state = 'pending';
