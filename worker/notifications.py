@@ -5,8 +5,9 @@ records a task's outcome, so a worker dying between the outcome and the send los
 housekeeping starts one `DeliveryService` thread with its own connection: a receiver that is down or slow
 costs this thread its timeout per attempt and never touches claiming or executing tasks.
 
-Each event is claimed (`FOR UPDATE SKIP LOCKED`), sent and marked delivered in one transaction: at least once,
-and exactly once unless a worker dies after the receiver accepted and before the commit. The event's
+A round claims up to `batch` due events (`FOR UPDATE SKIP LOCKED`), sends them `concurrency` at a time and
+marks them in one transaction: at least once, and exactly once unless a worker dies after a receiver accepted
+and before the round's commit. The event's
 `event_id` is the CloudEvents `id` (and the e-mail's Message-ID) for receivers to deduplicate by. A failed
 attempt is retried after a doubling backoff, up to `max_attempts`. Delivery wakes on the trigger's NOTIFY, so
 latency is a round trip, and scans every `poll_interval` for retries that came due.
@@ -26,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -232,31 +234,46 @@ class Round:
 
 
 def deliver_due(conn: db.Conn, settings: NotificationSettings) -> Round:
-    """Deliver due events one transaction each, at most `batch` of them."""
+    """One round: claim up to `batch` due events, send them `concurrency` at a time, record the outcomes, commit."""
     done = Round()
-    for _ in range(settings.batch):
-        with conn.transaction():
-            event = conn.execute(queries.get("notification_claim")).fetchone()
-            if event is None:
-                break
-            try:
-                send(event, settings)
-            except DeliveryError as exc:
-                delay = backoff(event["attempts"] + 1, settings)
-                row = conn.execute(queries.get("notification_failed"), {
-                    "id": event["id"], "error": str(exc), "delay": delay,
-                    "max_attempts": settings.max_attempts}).fetchone()
-                done.failed += 1
-                gave_up = row is not None and row["state"] == "failed"
-                log.warning("notification %s (%s, task %s) attempt %s failed: %s; %s", event["event_id"],
-                            event["event_type"], event["task_id"], event["attempts"] + 1, exc,
-                            "given up" if gave_up else f"retrying in {delay:.1f}s")
+    with conn.transaction():
+        claimed = list(conn.execute(queries.get("notification_claim"), {"limit": settings.batch}))
+        if not claimed:
+            return done
+        with ThreadPoolExecutor(max_workers=min(settings.concurrency, len(claimed)),
+                                thread_name_prefix="kubetasks-notify") as pool:
+            results = list(pool.map(lambda event: _attempt(event, settings), claimed))
+        ok = [event["id"] for event, error in zip(claimed, results, strict=True) if error is None]
+        if ok:
+            conn.execute(queries.get("notification_delivered"), {"ids": ok})
+        for event, error in zip(claimed, results, strict=True):
+            if error is None:
+                done.delivered += 1
+                log.info("notification %s (%s, task %s) delivered", event["event_id"], event["event_type"],
+                         event["task_id"])
                 continue
-            conn.execute(queries.get("notification_delivered"), {"id": event["id"]})
-            done.delivered += 1
-            log.info("notification %s (%s, task %s) delivered", event["event_id"], event["event_type"],
-                     event["task_id"])
+            delay = backoff(event["attempts"] + 1, settings)
+            row = conn.execute(queries.get("notification_failed"), {
+                "id": event["id"], "error": error, "delay": delay,
+                "max_attempts": settings.max_attempts}).fetchone()
+            done.failed += 1
+            gave_up = row is not None and row["state"] == "failed"
+            log.warning("notification %s (%s, task %s) attempt %s failed: %s; %s", event["event_id"],
+                        event["event_type"], event["task_id"], event["attempts"] + 1, error,
+                        "given up" if gave_up else f"retrying in {delay:.1f}s")
     return done
+
+
+def _attempt(event: dict[str, Any], settings: NotificationSettings) -> str | None:
+    """Send one event; None when delivered, else why not."""
+    try:
+        send(event, settings)
+    except DeliveryError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug or an odd receiver must not lose the round's other outcomes
+        log.exception("notification %s: unexpected error", event["event_id"])
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def seconds_until_due(conn: db.Conn) -> float | None:
@@ -293,6 +310,7 @@ class DeliveryService(threading.Thread):
             try:
                 if conn is None or conn.closed:
                     conn = db.connect(self.settings.database, application_name="kubetasks-notifications")
+                    conn.execute(queries.get("notification_session"))
                     conn.execute(db.listen(protocol.NOTIFICATION_CHANNEL))
                 backoff_db.reset()
                 done = deliver_due(conn, config)

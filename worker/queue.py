@@ -165,7 +165,7 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
             settings: Settings | None = None,
             notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> Task:
     """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`).
-    `notify`: notification rules (else the actor's); stored on the row in the same transaction."""
+    `notify`: notification rules (else the actor's), stored on the row."""
     params = _row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
                          time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=schedule_name,
                          schedule_tick=schedule_tick,
@@ -173,22 +173,13 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
                          settings=settings or get_settings())
     params["args"] = Jsonb(json.loads(params["args"]))
     rules = notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
-    if rules is None:
-        return _insert(conn, params)
-    with conn.transaction():  # the rules are on the row before any worker can claim it
-        task = _insert(conn, params)
-        if task.created:
-            conn.execute(queries.get("task_set_notify"), {"id": task.id, "notify": Jsonb(rules)})
-        return task
-
-
-def _insert(conn: Conn, params: dict[str, Any]) -> Task:
+    params["notify"] = Jsonb(rules) if rules is not None else None
     # A concurrent insert of the same dedup key may commit after our snapshot: ask again.
     for _ in range(5):
         row = conn.execute(queries.get("task_insert"), params).fetchone()
         if row is not None:
             return Task.from_row(row)
-    raise RuntimeError(f"could not insert or find the task with dedup key {params['dedup_key']!r}")
+    raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
 
 
 def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRule]:

@@ -80,7 +80,9 @@ class NotificationSettings(BaseModel):
     enabled: bool = Field(True, description="Whether this worker's housekeeping delivers notification events.")
     poll_interval: Duration = Field(
         timedelta(seconds=5), description="Longest wait for a new event (each one is also announced on commit).")
-    batch: int = Field(20, ge=1, le=1000, description="Events claimed per delivery round.")
+    batch: int = Field(50, ge=1, le=1000, description="Events claimed per delivery round (sent, recorded and "
+                       "committed together; a worker killed mid-round sends them again).")
+    concurrency: int = Field(8, ge=1, le=64, description="Events of a round sent at once (threads).")
     timeout: Duration = Field(
         timedelta(seconds=10), description="Longest SMTP or HTTP exchange for one event; a receiver that hangs "
         "costs at most this per attempt (and never slows tasks: delivery has its own thread and connection).")

@@ -1,22 +1,24 @@
 -- Queries on kubetasks.notifications (the outbox the tasks_notification_enqueue trigger fills), one named block each.
--- Each event is claimed, sent and marked in one short transaction of its own, its row locked meanwhile (SKIP
--- LOCKED keeps the services of other workers away): a worker killed mid-send leaves it pending, so it is sent
--- again (at least once; the receiver deduplicates by event_id), and a sent event is never sent twice otherwise.
+-- A round claims a few due events, sends them (concurrently) and marks them in one transaction, their rows locked
+-- meanwhile (SKIP LOCKED keeps the services of other workers away): a worker killed mid-round leaves them
+-- pending, so they are sent again (at least once; the receiver deduplicates by event_id); a sent and recorded
+-- event is never sent again.
 
--- task_set_notify: attach notification rules to a task just enqueued, in the enqueue's transaction.
-UPDATE kubetasks.tasks SET notify = %(notify)s WHERE id = %(id)s;
+-- notification_session: the delivery connection commits without waiting for the WAL flush: a "delivered" mark
+-- lost in a database crash only means one more delivery, which at-least-once allows (receivers dedup by id).
+SET synchronous_commit = off;
 
--- notification_claim: the oldest due pending event, locked until this delivery commits.
+-- notification_claim: the oldest due pending events, locked until this round of deliveries commits.
 SELECT * FROM kubetasks.notifications
 WHERE state = 'pending' AND next_attempt_at <= now()
 ORDER BY next_attempt_at, id
-LIMIT 1
+LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
--- notification_delivered: record a successful delivery.
+-- notification_delivered: record successful deliveries.
 UPDATE kubetasks.notifications
 SET state = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = NULL
-WHERE id = %(id)s;
+WHERE id = ANY(%(ids)s::bigint[]);
 
 -- notification_failed: record a failed attempt; retried after the backoff given, or given up after max_attempts.
 UPDATE kubetasks.notifications

@@ -166,7 +166,7 @@ CREATE INDEX tasks_by_namespace ON kubetasks.tasks (kubetasks.task_namespace(sch
 -- to tasks: an event outlives the purge of its task, and carries its own snapshot of it in `payload`.
 CREATE TABLE kubetasks.notifications (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+    event_id uuid NOT NULL DEFAULT gen_random_uuid(),  -- random (v4): no index needed to keep it unique
     -- CloudEvents type, e.g. dev.kubetasks.task.failed.
     event_type text NOT NULL CHECK (event_type ~ '^dev\.kubetasks\.[a-z_]+\.[a-z_]+$'),
     task_id bigint,
@@ -240,7 +240,7 @@ BEGIN
         written := written + 1;
     END LOOP;
     IF written > 0 THEN
-        PERFORM pg_notify('kubetasks_notification', NEW.id::text);
+        PERFORM pg_notify('kubetasks_notification', '');  -- identical payloads: one per transaction
     END IF;
     RETURN NULL;
 END
