@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
-from kubetasks.worker import manifests, protocol
+from kubetasks.worker import manifests, notifyrules, protocol
 from kubetasks.worker.protocol import TaskState
 
 GROUP = manifests.GROUP
@@ -129,6 +129,10 @@ class TaskRunSpec(_Model):
     cancel: bool = Field(
         default=False, description="Set to true to cancel the run (a running attempt is told to stop); "
                                    "cannot be set back to false.")
+    notifications: list[notifyrules.NotificationRule] = Field(
+        default_factory=list, max_length=20,
+        description="Who hears about the outcome: each rule names events (succeeded, warning, failed, "
+                    "retriesExhausted, cancelled) and one target (email or webhook).")
 
 
 class TaskRunStatus(_Model):

@@ -99,7 +99,7 @@ def ensure_task(conn: Conn, ref: str, spec: resources.TaskRunSpec, *, validate_a
             conn, spec.actor, spec.args, queue=spec.queue, eta=spec.run_at, priority=spec.priority,
             max_retries=spec.retries.limit, time_limit=spec.time_limit_seconds,
             retry_backoff=spec.retries.backoff_seconds, object_ref=ref,
-            validate=validate_actor, settings=settings)
+            validate=validate_actor, settings=settings, notify=spec.notifications or None)
         return task, True
 
 

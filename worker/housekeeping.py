@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import db, queries, queue, scheduler
+from . import db, notifications, queries, queue, scheduler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Housekeeper(threading.Thread):
         self.stopping = threading.Event()
         worker = settings.worker
         self.firing = scheduler.FiringService(settings, worker.scheduler_interval.total_seconds())
+        # Notification delivery waits on receivers, so it has a thread and connection of its own.
+        self.delivery = notifications.DeliveryService(settings) if settings.notifications.enabled else None
         start = time.monotonic()
         self.jobs = [
             # First rescue only after one interval: workers reconnecting after a database restart get
@@ -65,8 +67,12 @@ class Housekeeper(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.delivery is not None:
+            self.delivery.stop()
 
     def run(self) -> None:
+        if self.delivery is not None and not self.delivery.is_alive():
+            self.delivery.start()
         conn: db.Conn | None = None
         backoff = db.Backoff.for_database(self.settings.database)
         while not self.stopping.is_set():

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from . import protocol, registry
+from . import notifyrules, protocol, registry
 from .errors import InvalidInput
 
 GROUP = "kubetasks.dev"
@@ -147,6 +147,10 @@ class ScheduleSpec(_Model):
     failed_runs_history_limit: int = Field(
         default=1, ge=0, le=1000,
         description="Finished failed or cancelled runs kept; older ones are deleted.")
+    notifications: list[notifyrules.NotificationRule] = Field(
+        default_factory=list, max_length=20,
+        description="Who hears about the runs' outcomes: each rule names events (succeeded, warning, failed, "
+                    "retriesExhausted, cancelled, consecutiveFailures) and one target (email or webhook).")
 
     @field_validator("schedule")
     @classmethod

@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import db, queries, queue, workflows
+from . import cron, db, queries, queue, workflows
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -48,6 +49,16 @@ def record_outcome(actor: str, outcome: Outcome) -> None:
         DURATION.labels(actor).observe(max(0.0, (datetime.now(UTC) - outcome.started_at).total_seconds()))
 
 
+OVERDUE_GRACE = 60.0  # seconds past its time limit before a running attempt counts as overdue
+
+
+def schedule_period(expression: str, time_zone: str, now: datetime) -> float | None:
+    """Seconds between a schedule's next two ticks (its period, for "no success in N periods" alerts)."""
+    first = cron.next_tick(expression, time_zone, now)
+    second = cron.next_tick(expression, time_zone, first) if first is not None else None
+    return (second - first).total_seconds() if first is not None and second is not None else None
+
+
 class DatabaseCollector(Collector):
     """Task counts by state and actor, queue depth and schedule success times, read from PostgreSQL."""
 
@@ -68,6 +79,17 @@ class DatabaseCollector(Collector):
                                   labels=["state"])
         last = GaugeMetricFamily("kubetasks_schedule_last_success_timestamp_seconds",
                                  "When each schedule's last run succeeded.", labels=["schedule"])
+        oldest = GaugeMetricFamily("kubetasks_queue_oldest_runnable_age_seconds",
+                                   "Seconds the oldest runnable task of each queue has waited since it was due.",
+                                   labels=["queue"])
+        overdue = GaugeMetricFamily("kubetasks_tasks_overdue", "Attempts running past their time limit plus "
+                                    f"{OVERDUE_GRACE:.0f}s, per queue (stuck, not stopped).", labels=["queue"])
+        period = GaugeMetricFamily("kubetasks_schedule_period_seconds", "Seconds between each unpaused "
+                                   "schedule's next two ticks.", labels=["schedule"])
+        events = GaugeMetricFamily("kubetasks_notifications", "Notification events in the outbox, by state "
+                                   "(pending, delivered, failed).", labels=["state"])
+        pending_age = GaugeMetricFamily("kubetasks_notifications_oldest_pending_age_seconds",
+                                        "Age of the oldest undelivered notification event (0: none).")
         if self._pool is None:
             self._pool = db.pool(self.database, min_size=0, max_size=1, application_name="kubetasks-metrics")
         with self._pool.connection(timeout=2) as conn:
@@ -80,7 +102,25 @@ class DatabaseCollector(Collector):
                 last.add_metric([row["name"]], row["last_success"].timestamp())
             for state, count in workflows.count_by_state(conn).items():
                 flows.add_metric([state], count)
-        return [tasks, depth, last, flows]
+            for row in conn.execute(queries.get("queue_oldest_runnable")):
+                oldest.add_metric([row["queue"]], max(0.0, row["seconds"]))
+            for row in conn.execute(queries.get("task_count_overdue"), {"grace": OVERDUE_GRACE}):
+                overdue.add_metric([row["queue"]], row["overdue"])
+            now = db.now(conn)
+            for row in conn.execute(queries.get("schedule_list_crons")):
+                seconds = schedule_period(row["cron"], row["time_zone"], now)
+                if seconds is not None:
+                    period.add_metric([row["name"]], seconds)
+            counts = {"pending": 0, "delivered": 0, "failed": 0}
+            age = 0.0
+            for row in conn.execute(queries.get("notification_count_by_state")):
+                counts[row["state"]] = row["n"]
+                if row["state"] == "pending":
+                    age = max(0.0, row["oldest_seconds"] or 0.0)
+            for state, n in counts.items():
+                events.add_metric([state], n)
+            pending_age.add_metric([], age)
+        return [tasks, depth, last, flows, oldest, overdue, period, events, pending_age]
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not query the database (it may not be up yet)

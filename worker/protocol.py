@@ -20,6 +20,9 @@ QUEUE_CHANNEL: Final = "kubetasks"
 STATE_CHANNEL: Final = "kubetasks_state"
 # Sent by `task_cancel`: "<id>"; the worker running that task interrupts it.
 CANCEL_CHANNEL: Final = "kubetasks_cancel"
+# Sent by the `tasks_notification_enqueue` trigger when it wrote outbox rows, with an empty payload (so Postgres
+# folds a transaction's many into one); wakes the notification delivery service.
+NOTIFICATION_CHANNEL: Final = "kubetasks_notification"
 
 
 def encode_wakeup(queue: str, task_id: int) -> str:

@@ -17,7 +17,8 @@ from . import protocol
 
 _HEADER = re.compile(r"^-- ([a-z_]+): .*$", re.MULTILINE)
 _LOCK_CLASS = re.compile(r"\{lock:([a-z]+)\}")
-QUERY_FILES = ("tasks.sql", "schedules.sql", "database.sql", "dev.sql", "workflows.sql")
+QUERY_FILES = ("tasks.sql", "schedules.sql", "database.sql", "dev.sql", "workflows.sql", "notifications.sql",
+               "monitoring.sql")
 
 
 def parse(text: str) -> dict[str, LiteralString]:

@@ -18,7 +18,7 @@ from typing import Any, LiteralString
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import protocol, queries, registry
+from . import notifyrules, protocol, queries, registry
 from .db import Conn
 from .errors import InvalidInput, TaskNotFound
 from .settings import Settings, get_settings
@@ -164,20 +164,29 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
             time_limit: float | None = None, retry_backoff: float | None = None, dedup_key: str | None = None,
             schedule_name: str | None = None,
             schedule_tick: datetime | None = None, object_ref: str | None = None, validate: bool = True,
-            settings: Settings | None = None) -> Task:
-    """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`)."""
+            settings: Settings | None = None,
+            notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> Task:
+    """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`).
+    `notify`: notification rules (else the actor's), stored on the row."""
     params = _row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
                          time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=schedule_name,
                          schedule_tick=schedule_tick,
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
                          settings=settings or get_settings())
     params["args"] = Jsonb(json.loads(params["args"]))
+    rules = notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
+    params["notify"] = Jsonb(rules) if rules is not None else None
     # A concurrent insert of the same dedup key may commit after our snapshot: ask again.
     for _ in range(5):
         row = conn.execute(queries.get("task_insert"), params).fetchone()
         if row is not None:
             return Task.from_row(row)
     raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
+
+
+def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRule]:
+    declared = actor if isinstance(actor, registry.Actor) else registry.find(actor)
+    return list(declared.notify) if declared is not None else []
 
 
 def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[Any], *,

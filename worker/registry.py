@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from . import protocol
+from . import notifyrules, protocol
 from .errors import InvalidInput, UnknownActor
 
 P = ParamSpec("P")
@@ -24,6 +24,7 @@ class Actor:
     time_limit: float | None = None
     priority: int = 0
     retry_backoff: float | None = None
+    notify: tuple[notifyrules.NotificationRule, ...] = ()  # default notification rules of its tasks
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -48,9 +49,13 @@ def validate_queue(queue: str, field: str = "queue") -> str:
 
 def actor(name: str | None = None, *, queue: str = "default", max_retries: int | None = None,
           time_limit: float | None = None, priority: int = 0,
-          retry_backoff: float | None = None) -> Callable[[Callable[P, R]], Actor]:
+          retry_backoff: float | None = None,
+          notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None,
+          ) -> Callable[[Callable[P, R]], Actor]:
     """Declare a function as an actor. `time_limit` and `retry_backoff` (the first retry's delay, doubling
-    after) are in seconds; None means the worker's settings."""
+    after) are in seconds; None means the worker's settings. `notify`: notification rules of its tasks
+    (an enqueue's own `notify` replaces them)."""
+    rules = tuple(notifyrules.parse(notify, field="notify"))
     if max_retries is not None and max_retries < 0:
         raise InvalidInput("max_retries", f"{max_retries} is negative", "use 0 or more")
     if time_limit is not None and time_limit <= 0:
@@ -58,7 +63,8 @@ def actor(name: str | None = None, *, queue: str = "default", max_retries: int |
 
     def register(fn: Callable[P, R]) -> Actor:
         actor_name = validate_name(name or f"{fn.__module__}.{fn.__qualname__}")
-        declared = Actor(actor_name, fn, validate_queue(queue), max_retries, time_limit, priority, retry_backoff)
+        declared = Actor(actor_name, fn, validate_queue(queue), max_retries, time_limit, priority, retry_backoff,
+                         rules)
         existing = _registry.get(actor_name)
         if existing is not None and existing.fn is not fn and _origin(existing.fn) != _origin(fn):
             raise InvalidInput("actor", f"{actor_name!r} is declared twice", "give each actor its own name")
@@ -77,6 +83,11 @@ def get(name: str) -> Actor:
         return _registry[name]
     except KeyError:
         raise UnknownActor(name, known=list(_registry)) from None
+
+
+def find(name: str) -> Actor | None:
+    """The actor of that name, None when this process did not declare it."""
+    return _registry.get(name)
 
 
 def names() -> list[str]:

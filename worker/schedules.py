@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import cron, db, manifests, queries, queue, registry
+from . import cron, db, manifests, notifyrules, queries, queue, registry
 from .db import Conn
 from .errors import InvalidInput, UnknownActor
 from .manifests import ScheduleSpec
@@ -28,7 +28,8 @@ from .settings import Settings, get_settings
 # Columns compared to tell "configured" from "unchanged" on apply.
 _SPEC_COLUMNS = ("actor", "args", "queue", "cron", "time_zone", "paused", "concurrency_policy",
                  "missed_run_policy", "starting_deadline_seconds", "time_limit", "max_retries", "retry_backoff",
-                 "priority", "deduplicate", "successful_runs_history_limit", "failed_runs_history_limit", "source")
+                 "priority", "deduplicate", "successful_runs_history_limit", "failed_runs_history_limit", "source",
+                 "notify")
 
 
 class ScheduleNotFound(InvalidInput, LookupError):
@@ -48,6 +49,7 @@ def columns(name: str, spec: ScheduleSpec, source: str) -> dict[str, Any]:
         "priority": spec.priority, "deduplicate": spec.deduplicate,
         "successful_runs_history_limit": spec.successful_runs_history_limit,
         "failed_runs_history_limit": spec.failed_runs_history_limit, "source": source,
+        "notify": notifyrules.dump(spec.notifications),
     }
 
 
@@ -61,7 +63,8 @@ def spec_of(row: dict[str, Any]) -> ScheduleSpec:
         retries=manifests.RetryPolicy(limit=row["max_retries"], backoff_seconds=row["retry_backoff"]),
         deduplicate=row["deduplicate"], priority=row["priority"],
         successful_runs_history_limit=row["successful_runs_history_limit"],
-        failed_runs_history_limit=row["failed_runs_history_limit"])
+        failed_runs_history_limit=row["failed_runs_history_limit"],
+        notifications=notifyrules.parse(row.get("notify"), field="notify"))
 
 
 def validate(name: str, spec: ScheduleSpec, *, validate_actor: bool = True,
@@ -87,7 +90,9 @@ def apply(conn: Conn, name: str, spec: ScheduleSpec, source: str = "manifest", *
         if (next_run is None or old is None or old["cron"] != spec.schedule
                 or old["time_zone"] != spec.time_zone or (old["paused"] and not spec.suspend)):
             next_run = cron.next_tick(spec.schedule, spec.time_zone, at)
-        conn.execute(queries.get("schedule_upsert"), {**wanted, "args": Jsonb(spec.args), "next_run": next_run})
+        conn.execute(queries.get("schedule_upsert"), {
+            **wanted, "args": Jsonb(spec.args), "next_run": next_run,
+            "notify": Jsonb(wanted["notify"]) if wanted["notify"] is not None else None})
     return {**get(conn, name), "action": "created" if old is None else "configured"}
 
 
@@ -177,7 +182,7 @@ def enqueue_run(conn: Conn, row: dict[str, Any], settings: Settings, tick: datet
                 max_retries=row["max_retries"], time_limit=row["time_limit"], retry_backoff=row["retry_backoff"],
                 schedule_name=row["name"],
                 schedule_tick=tick, dedup_key=dedup_key(row["name"]) if row["deduplicate"] else None,
-                validate=False, settings=settings)
+                validate=False, settings=settings, notify=row.get("notify"))
     except psycopg.errors.UniqueViolation:
         return None
 

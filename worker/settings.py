@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cache
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,12 +74,50 @@ class WorkerSettings(BaseModel):
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
 
 
+class NotificationSettings(BaseModel):
+    """Delivery of notification events (worker/notifications.py): the SMTP server, webhook secrets, retries."""
+
+    enabled: bool = Field(True, description="Whether this worker's housekeeping delivers notification events.")
+    poll_interval: Duration = Field(
+        timedelta(seconds=5), description="Longest wait for a new event (each one is also announced on commit).")
+    batch: int = Field(50, ge=1, le=1000, description="Events claimed per delivery round (sent, recorded and "
+                       "committed together; a worker killed mid-round sends them again).")
+    concurrency: int = Field(8, ge=1, le=64, description="Events of a round sent at once (threads).")
+    timeout: Duration = Field(
+        timedelta(seconds=10), description="Longest SMTP or HTTP exchange for one event; a receiver that hangs "
+        "costs at most this per attempt (and never slows tasks: delivery has its own thread and connection).")
+    retry_backoff_base: Duration = Field(timedelta(seconds=5), description="First redelivery delay; doubles.")
+    retry_backoff_max: Duration = Field(timedelta(minutes=10), description="Longest redelivery delay.")
+    max_attempts: int = Field(
+        20, ge=1, le=1000, description="Attempts before an event is given up (state 'failed'); with the default "
+        "backoff that is about 2.5 hours of receiver downtime.")
+    retention: Duration = Field(timedelta(days=7), description="Delivered or failed events older than this "
+                                "are deleted.")
+    smtp_host: str | None = Field(None, description="SMTP server; unset: e-mail rules fail (and are retried).")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 submission, 465 TLS, 25 plain).")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls upgrades the connection, tls connects with TLS (port 465), none is "
+        "plain text (a local relay).")
+    smtp_username: str | None = Field(None, description="SMTP login; unset sends without authentication.")
+    smtp_password: str | None = Field(None, description="SMTP password (prefer smtp_password_file).")
+    smtp_password_file: Path | None = Field(None, description="File holding the SMTP password (a mounted "
+                                            "Secret), read at each delivery so a rotated Secret is picked up.")
+    smtp_from: str = Field("kubetasks@localhost", description="From: address of notification e-mails.")
+    webhook_secrets: dict[str, str] = Field({}, description="HMAC secrets by name, for webhook.secretKey "
+                                            "(JSON in KUBETASKS_NOTIFICATIONS__WEBHOOK_SECRETS).")
+    secrets_dir: Path | None = Field(None, description="Directory of secrets, one file per name (a mounted "
+                                     "Secret), looked up when webhook_secrets has no such name.")
+    dashboard_url: str | None = Field(None, description="Base URL of the dashboard, for links in messages.")
+    source: str = Field("/kubetasks", description="CloudEvents `source` prefix (e.g. a cluster's name).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBETASKS_", env_nested_delimiter="__",
                                       extra="ignore")
 
     database: DatabaseSettings = DatabaseSettings()
     worker: WorkerSettings = WorkerSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
 
 @cache

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .. import protocol, queue, registry, workflows
+from .. import notifyrules, protocol, queue, registry, workflows
 from ..errors import InvalidInput
 from .common import connect, load_actor_modules, schedule_key, settings_of
 from .output import emit_json, json_option, seconds, table, when
@@ -209,16 +209,27 @@ def tasks_delete(ctx: click.Context, states: tuple[str, ...], actors: tuple[str,
 @click.option("--priority", type=click.IntRange(-32768, 32767))
 @click.option("--module", "modules", multiple=True, help="Module declaring the actor (to validate it).")
 @click.option("--no-validate", is_flag=True, help="Do not check that the actor is declared.")
+@click.option("--notify-webhook", "webhooks", multiple=True, metavar="URL",
+              help="POST a CloudEvent to URL on the --notify-on events. Repeatable.")
+@click.option("--notify-email", "emails", multiple=True, metavar="ADDRESS",
+              help="E-mail ADDRESS on the --notify-on events (the workers' SMTP settings). Repeatable.")
+@click.option("--notify-on", "notify_on", multiple=True, default=("failed",), show_default=True,
+              type=click.Choice([e for e in notifyrules.EVENTS if e != "consecutiveFailures"]),
+              help="Events for --notify-webhook and --notify-email. Repeatable.")
+@click.option("--notify", "notify_json", metavar="JSON", help="Notification rules as a JSON list (the "
+              "shape of a Schedule's spec.notifications).")
 @json_option
 @click.pass_context
 def enqueue(ctx: click.Context, actor: str, args_json: str, queue_name: str | None, eta: str | None,
             dedup_key: str | None, priority: int | None, modules: tuple[str, ...], no_validate: bool,
-            as_json: bool) -> None:
+            webhooks: tuple[str, ...], emails: tuple[str, ...], notify_on: tuple[str, ...],
+            notify_json: str | None, as_json: bool) -> None:
     """Add one task for ACTOR."""
     try:
         args = json.loads(args_json)
     except json.JSONDecodeError as exc:
         raise InvalidInput("--args", f"is not JSON: {exc}", 'pass e.g. --args \'{"to": "a@example.com"}\'') from None
+    rules = _notify_rules(webhooks, emails, notify_on, notify_json)
     settings = settings_of(ctx)
     if not no_validate:
         load_actor_modules(settings, modules)
@@ -228,13 +239,38 @@ def enqueue(ctx: click.Context, actor: str, args_json: str, queue_name: str | No
                                "or use --no-validate")
     with connect(ctx) as conn:
         task = queue.enqueue(conn, actor, args, queue=queue_name, eta=parse_time(eta, "--eta"),
-                             dedup_key=dedup_key, priority=priority, validate=False, settings=settings)
+                             dedup_key=dedup_key, priority=priority, validate=False, settings=settings,
+                             notify=rules)
     if as_json:
         emit_json(task.as_json() | {"created": task.created})
     elif task.created:
         click.echo(f"task {task.id} queued on {task.queue}")
     else:
         click.echo(f"task {task.id} already holds dedup key {dedup_key!r} ({task.state}); nothing added")
+
+
+def _notify_rules(webhooks: tuple[str, ...], emails: tuple[str, ...], events: tuple[str, ...],
+                  notify_json: str | None) -> list[notifyrules.NotificationRule] | None:
+    """The rules the --notify* options spell, validated (InvalidInput names the option); None: the actor's."""
+    given: list[Any] = []
+    if notify_json is not None:
+        try:
+            given = json.loads(notify_json)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput("--notify", f"is not JSON: {exc}",
+                               'pass e.g. --notify \'[{"events": ["failed"], "email": {"to": ["a@b.io"]}}]\'') from None
+        rules = notifyrules.parse(given, field="--notify")
+    else:
+        rules = []
+    wanted = [("--notify-webhook", {"events": list(events), "webhook": {"url": url}}) for url in webhooks]
+    if emails:
+        wanted.append(("--notify-email", {"events": list(events), "email": {"to": list(emails)}}))
+    for option, rule in wanted:
+        try:
+            rules += notifyrules.parse([rule])
+        except InvalidInput as exc:
+            raise InvalidInput(option, exc.problem, exc.fix) from None
+    return rules if notify_json is not None or rules else None
 
 
 def parse_time(text: str | None, field: str) -> datetime | None:

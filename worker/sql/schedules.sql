@@ -30,11 +30,11 @@ SELECT * FROM kubetasks.schedules WHERE name = %(name)s FOR UPDATE;
 INSERT INTO kubetasks.schedules AS s (
     name, actor, args, queue, cron, time_zone, paused, concurrency_policy, missed_run_policy,
     starting_deadline_seconds, time_limit, max_retries, retry_backoff, priority, deduplicate,
-    successful_runs_history_limit, failed_runs_history_limit, source, next_run)
+    successful_runs_history_limit, failed_runs_history_limit, source, next_run, notify)
 VALUES (%(name)s, %(actor)s, %(args)s, %(queue)s, %(cron)s, %(time_zone)s, %(paused)s, %(concurrency_policy)s,
         %(missed_run_policy)s, %(starting_deadline_seconds)s, %(time_limit)s, %(max_retries)s, %(retry_backoff)s,
         %(priority)s, %(deduplicate)s, %(successful_runs_history_limit)s, %(failed_runs_history_limit)s,
-        %(source)s, %(next_run)s)
+        %(source)s, %(next_run)s, %(notify)s)
 ON CONFLICT (name) DO UPDATE
 SET actor = EXCLUDED.actor, args = EXCLUDED.args, queue = EXCLUDED.queue, cron = EXCLUDED.cron,
     time_zone = EXCLUDED.time_zone, paused = EXCLUDED.paused, concurrency_policy = EXCLUDED.concurrency_policy,
@@ -43,7 +43,7 @@ SET actor = EXCLUDED.actor, args = EXCLUDED.args, queue = EXCLUDED.queue, cron =
     priority = EXCLUDED.priority, deduplicate = EXCLUDED.deduplicate,
     successful_runs_history_limit = EXCLUDED.successful_runs_history_limit,
     failed_runs_history_limit = EXCLUDED.failed_runs_history_limit, source = EXCLUDED.source,
-    next_run = EXCLUDED.next_run, updated_at = now()
+    next_run = EXCLUDED.next_run, notify = EXCLUDED.notify, updated_at = now()
 RETURNING s.name;
 
 -- schedule_delete: remove a schedule; its past runs stay in kubetasks.tasks until purged.

@@ -36,7 +36,9 @@ CREATE TABLE kubetasks.schedules (
     retry_backoff double precision CHECK (retry_backoff > 0),
     -- How many finished runs to keep, successful and failed (or cancelled); the scheduler deletes older ones.
     successful_runs_history_limit integer NOT NULL DEFAULT 3 CHECK (successful_runs_history_limit >= 0),
-    failed_runs_history_limit integer NOT NULL DEFAULT 1 CHECK (failed_runs_history_limit >= 0)
+    failed_runs_history_limit integer NOT NULL DEFAULT 1 CHECK (failed_runs_history_limit >= 0),
+    -- 0004: notification rules (a JSON array, see worker/notifyrules.py), copied onto each run.
+    notify jsonb CHECK (jsonb_typeof(notify) = 'array')
 );
 CREATE INDEX schedules_due ON kubetasks.schedules (next_run) WHERE NOT paused;
 
@@ -69,9 +71,11 @@ CREATE TABLE kubetasks.tasks (
     attempt_started_at timestamptz,
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- The columns below came with 0003 and 0005, hence their place at the end.
+    -- The columns below came with 0003, 0004 and 0005, hence their place at the end.
     -- A free-text description given when a task is created from the dashboard's task manager.
     description text CHECK (length(description) <= 1000),
+    -- Notification rules (a JSON array, 0004), copied at enqueue time; NULL for the many tasks without any.
+    notify jsonb CHECK (jsonb_typeof(notify) = 'array'),
     -- The workflow (parent task) this task is a child of, and its step there (0005_workflows.sql).
     parent_id bigint REFERENCES kubetasks.tasks (id) ON DELETE CASCADE,
     step integer CHECK (step >= 0),
@@ -367,6 +371,91 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- 0004: the notification outbox: one row per event and rule, delivered by the workers' notification service (at least once;
+-- event_id is the CloudEvents id and the e-mail Message-ID, for receivers to deduplicate by). No foreign key
+-- to tasks: an event outlives the purge of its task, and carries its own snapshot of it in `payload`.
+CREATE TABLE kubetasks.notifications (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id uuid NOT NULL DEFAULT gen_random_uuid(),  -- random (v4): no index needed to keep it unique
+    -- CloudEvents type, e.g. dev.kubetasks.task.failed.
+    event_type text NOT NULL CHECK (event_type ~ '^dev\.kubetasks\.[a-z_]+\.[a-z_]+$'),
+    task_id bigint,
+    schedule_name text,
+    rule_index integer NOT NULL CHECK (rule_index >= 0),
+    -- The rule as stored on the task: where to send (email or webhook) and how.
+    rule jsonb NOT NULL,
+    payload jsonb NOT NULL,
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz,
+    CONSTRAINT notifications_delivered_iff_state CHECK ((state = 'delivered') = (delivered_at IS NOT NULL))
+);
+-- The delivery service's index: only undelivered rows.
+CREATE INDEX notifications_pending ON kubetasks.notifications (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX notifications_by_task ON kubetasks.notifications (task_id) WHERE task_id IS NOT NULL;
+
+-- Consecutive failed runs per schedule (runs are pruned by the history limits, so they cannot be counted).
+CREATE TABLE kubetasks.notification_streaks (
+    schedule_name text PRIMARY KEY,
+    failures integer NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Turn a task's outcome into outbox rows, one per rule whose events match; the most specific event type wins
+-- (consecutive_failures, then retries_exhausted, then failed). Notifies the delivery service on commit.
+CREATE FUNCTION kubetasks.notification_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    kind text;
+    streak integer;
+    rule jsonb;
+    idx bigint;
+    events jsonb;
+    chosen text;
+    written integer := 0;
+BEGIN
+    kind := CASE NEW.state WHEN 'successful' THEN 'succeeded' WHEN 'warning' THEN 'warning'
+                           WHEN 'error' THEN 'failed' WHEN 'cancelled' THEN 'cancelled' END;
+    IF kind IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.schedule_name IS NOT NULL AND kind <> 'cancelled' THEN
+        INSERT INTO kubetasks.notification_streaks AS s (schedule_name, failures)
+        VALUES (NEW.schedule_name, CASE WHEN kind = 'failed' THEN 1 ELSE 0 END)
+        ON CONFLICT (schedule_name) DO UPDATE
+        SET failures = CASE WHEN kind = 'failed' THEN s.failures + 1 ELSE 0 END, updated_at = now()
+        RETURNING s.failures INTO streak;
+    END IF;
+    FOR rule, idx IN SELECT r.value, r.ordinality - 1 FROM jsonb_array_elements(NEW.notify) WITH ORDINALITY AS r LOOP
+        events := coalesce(rule -> 'events', '[]'::jsonb);
+        chosen := CASE
+            WHEN kind = 'failed' AND events ? 'consecutiveFailures'
+                 AND streak = coalesce((rule ->> 'consecutiveFailures')::integer, 3)
+                THEN 'dev.kubetasks.schedule.consecutive_failures'
+            WHEN kind = 'failed' AND events ? 'retriesExhausted' AND NEW.attempts > NEW.max_retries
+                THEN 'dev.kubetasks.task.retries_exhausted'
+            WHEN events ? kind THEN 'dev.kubetasks.task.' || kind
+        END;
+        CONTINUE WHEN chosen IS NULL;
+        INSERT INTO kubetasks.notifications (event_type, task_id, schedule_name, rule_index, rule, payload)
+        VALUES (chosen, NEW.id, NEW.schedule_name, idx, rule, jsonb_build_object(
+            'id', NEW.id, 'actor', NEW.actor, 'queue', NEW.queue, 'state', NEW.state, 'reason', NEW.reason,
+            'attempts', NEW.attempts, 'maxRetries', NEW.max_retries, 'error', left(NEW.error, 4000),
+            'schedule', NEW.schedule_name, 'objectRef', NEW.object_ref, 'createdAt', NEW.created_at,
+            'startedAt', NEW.started_at, 'finishedAt', NEW.finished_at,
+            'durationSeconds', extract(epoch FROM NEW.finished_at - NEW.started_at)::float8,
+            'consecutiveFailures', streak));
+        written := written + 1;
+    END LOOP;
+    IF written > 0 THEN
+        PERFORM pg_notify('kubetasks_notification', '');  -- identical payloads: one per transaction
+    END IF;
+    RETURN NULL;
+END
+$$;
 CREATE TRIGGER tasks_workflow_child AFTER UPDATE ON kubetasks.tasks
     FOR EACH ROW WHEN (NEW.parent_id IS NOT NULL AND (OLD.state IN ('queued', 'running'))
                        <> (NEW.state IN ('queued', 'running')))
@@ -450,6 +539,10 @@ BEGIN
 END
 $$;
 
+CREATE TRIGGER tasks_notification_enqueue AFTER UPDATE ON kubetasks.tasks
+    FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION kubetasks.notification_enqueue();
+
 -- Migration bookkeeping (made by `kubetasks migrate` itself, see sql/database.sql): one row per applied file.
 CREATE TABLE kubetasks.schema_migrations (
     version integer PRIMARY KEY,
@@ -460,4 +553,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (1, '0001_initial.sql'),
     (2, '0002_schedule_limits.sql'),
     (3, '0003_dashboard.sql'),
+    (4, '0004_notifications.sql'),
     (5, '0005_workflows.sql');

@@ -4,9 +4,10 @@
 -- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
 WITH inserted AS (
     INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit, retry_backoff,
-                                 schedule_name, schedule_tick, object_ref, dedup_key)
+                                 schedule_name, schedule_tick, object_ref, dedup_key, notify)
     VALUES (%(queue)s, %(actor)s, %(args)s, %(priority)s, coalesce(%(eta)s, now()), %(max_retries)s,
-            %(time_limit)s, %(retry_backoff)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s)
+            %(time_limit)s, %(retry_backoff)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s,
+            %(notify)s)
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING
     RETURNING *, true AS created
 )

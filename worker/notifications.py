@@ -1,0 +1,341 @@
+"""Deliver notification events from the outbox: e-mail over SMTP, webhooks (CloudEvents 1.0 or Slack text).
+
+The events are written by the `tasks_notification_enqueue` trigger (migration 0004) in the transaction that
+records a task's outcome, so a worker dying between the outcome and the send loses nothing. Every worker's
+housekeeping starts one `DeliveryService` thread with its own connection: a receiver that is down or slow
+costs this thread its timeout per attempt and never touches claiming or executing tasks.
+
+A round claims up to `batch` due events (`FOR UPDATE SKIP LOCKED`), sends them `concurrency` at a time and
+marks them in one transaction: at least once, and exactly once unless a worker dies after a receiver accepted
+and before the round's commit. The event's
+`event_id` is the CloudEvents `id` (and the e-mail's Message-ID) for receivers to deduplicate by. A failed
+attempt is retried after a doubling backoff, up to `max_attempts`. Delivery wakes on the trigger's NOTIFY, so
+latency is a round trip, and scans every `poll_interval` for retries that came due.
+
+Only the standard library talks to receivers (smtplib, urllib): the worker never loads the web stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+from . import db, protocol, queries
+from .settings import NotificationSettings, Settings
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Kubetasks-Signature"
+USER_AGENT = "kubetasks-notifications/1"
+
+
+class DeliveryError(Exception):
+    """An attempt that failed (refused, timed out, non-2xx); the event is retried."""
+
+
+# -- Messages ----------------------------------------------------------------------------------------------
+
+
+def _time(value: Any) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def _subject_path(event: dict[str, Any]) -> str:
+    payload = event["payload"]
+    return f"schedules/{payload['schedule']}" if payload.get("schedule") else "tasks"
+
+
+def cloudevent(event: dict[str, Any], settings: NotificationSettings) -> dict[str, Any]:
+    """The CloudEvents 1.0 structured-mode JSON of an outbox row."""
+    payload = dict(event["payload"])
+    data = {**payload, "link": link(payload, settings)}
+    return {
+        "specversion": "1.0",
+        "id": str(event["event_id"]),
+        "source": f"{settings.source.rstrip('/')}/{_subject_path(event)}",
+        "type": event["event_type"],
+        "subject": f"task/{payload['id']}",
+        "time": _time(event["created_at"]),
+        "datacontenttype": "application/json",
+        "data": {k: v for k, v in data.items() if v is not None},
+    }
+
+
+def link(payload: dict[str, Any], settings: NotificationSettings) -> str | None:
+    if not settings.dashboard_url:
+        return None
+    # The dashboard's API view of the task: its state, error and every attempt's log.
+    return f"{settings.dashboard_url.rstrip('/')}/api/v1/tasks/{payload['id']}"
+
+
+def _what(event: dict[str, Any]) -> str:
+    kind: str = event["event_type"]
+    return kind.rsplit(".", 1)[-1].replace("_", " ")
+
+
+def summary(event: dict[str, Any]) -> str:
+    """One line: '[kubetasks] task 42 (reports.nightly) failed'."""
+    payload = event["payload"]
+    about = f"schedule {payload['schedule']}" if payload.get("schedule") else f"task {payload['id']}"
+    if payload.get("schedule"):
+        about += f" (task {payload['id']})"
+    text = f"[kubetasks] {about} {payload['actor']}: {_what(event)}"
+    if event["event_type"].endswith("consecutive_failures"):
+        text += f" ({payload.get('consecutiveFailures')} in a row)"
+    return text
+
+
+def body(event: dict[str, Any], settings: NotificationSettings) -> str:
+    payload = event["payload"]
+    duration = payload.get("durationSeconds")
+    lines = [
+        summary(event), "",
+        f"Task:      {payload['id']}",
+        f"Actor:     {payload['actor']}",
+        f"Queue:     {payload['queue']}",
+        f"State:     {payload['state']} ({payload['reason']})",
+        f"Attempts:  {payload['attempts']} of {payload['maxRetries'] + 1}",
+        f"Duration:  {duration:.3f}s" if isinstance(duration, int | float) else "Duration:  -",
+        f"Finished:  {payload.get('finishedAt') or '-'}",
+    ]
+    if payload.get("schedule"):
+        lines.append(f"Schedule:  {payload['schedule']}")
+    if payload.get("objectRef"):
+        lines.append(f"Object:    {payload['objectRef']}")
+    url = link(payload, settings)
+    if url:
+        lines.append(f"Dashboard: {url}")
+    if payload.get("error"):
+        lines += ["", "Error:", payload["error"]]
+    lines += ["", f"Event id: {event['event_id']}"]
+    return "\n".join(lines) + "\n"
+
+
+def email_message(event: dict[str, Any], settings: NotificationSettings) -> EmailMessage:
+    msg = EmailMessage()
+    msg["Subject"] = summary(event)
+    msg["From"] = settings.smtp_from
+    msg["To"] = ", ".join(event["rule"]["email"]["to"])
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    domain = settings.smtp_from.rpartition("@")[2] or "kubetasks"
+    msg["Message-ID"] = f"<{event['event_id']}@{domain}>"  # stable: a resent event is recognisably the same
+    msg["X-Kubetasks-Event-Id"] = str(event["event_id"])
+    msg["X-Kubetasks-Event-Type"] = event["event_type"]
+    msg.set_content(body(event, settings))
+    return msg
+
+
+def sign(secret: str, content: bytes) -> str:
+    """The signature header's value: 'sha256=' and the hex HMAC-SHA256 of the exact request body."""
+    return "sha256=" + hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
+
+
+def webhook_request(event: dict[str, Any], settings: NotificationSettings) -> urllib.request.Request:
+    hook = event["rule"]["webhook"]
+    if hook.get("format") == "slack":
+        content = json.dumps({"text": body(event, settings)}).encode()
+        content_type = "application/json"
+    else:
+        content = json.dumps(cloudevent(event, settings), separators=(",", ":")).encode()
+        content_type = "application/cloudevents+json; charset=utf-8"
+    headers = {"Content-Type": content_type, "User-Agent": USER_AGENT,
+               "X-Kubetasks-Event-Id": str(event["event_id"]), "X-Kubetasks-Event-Type": event["event_type"]}
+    if hook.get("secretKey"):
+        headers[SIGNATURE_HEADER] = sign(secret(hook["secretKey"], settings), content)
+    return urllib.request.Request(hook["url"], data=content, headers=headers, method="POST")
+
+
+def secret(key: str, settings: NotificationSettings) -> str:
+    if key in settings.webhook_secrets:
+        return settings.webhook_secrets[key]
+    if settings.secrets_dir is not None:
+        path = settings.secrets_dir / key
+        if path.is_file():
+            return path.read_text().strip()
+    raise DeliveryError(f"no webhook secret named {key!r} (KUBETASKS_NOTIFICATIONS__WEBHOOK_SECRETS or "
+                        "KUBETASKS_NOTIFICATIONS__SECRETS_DIR)")
+
+
+# -- Sending -----------------------------------------------------------------------------------------------
+
+
+def send_webhook(event: dict[str, Any], settings: NotificationSettings) -> None:
+    request = webhook_request(event, settings)
+    try:
+        with urllib.request.urlopen(request, timeout=settings.timeout.total_seconds()) as response:
+            response.read(65536)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"webhook answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeliveryError(f"webhook unreachable: {getattr(exc, 'reason', exc)}") from None
+
+
+def send_email(event: dict[str, Any], settings: NotificationSettings) -> None:
+    if not settings.smtp_host:
+        raise DeliveryError("no SMTP server configured (KUBETASKS_NOTIFICATIONS__SMTP_HOST)")
+    timeout = settings.timeout.total_seconds()
+    password = settings.smtp_password
+    if settings.smtp_password_file is not None:
+        password = settings.smtp_password_file.read_text().strip()
+    try:
+        smtp: smtplib.SMTP
+        if settings.smtp_security == "tls":
+            smtp = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+        with smtp:
+            if settings.smtp_security == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.smtp_username:
+                smtp.login(settings.smtp_username, password or "")
+            smtp.send_message(email_message(event, settings))
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"SMTP {settings.smtp_host}:{settings.smtp_port}: {exc}") from None
+
+
+def send(event: dict[str, Any], settings: NotificationSettings) -> None:
+    rule = event["rule"]
+    if rule.get("webhook"):
+        send_webhook(event, settings)
+    elif rule.get("email"):
+        send_email(event, settings)
+    else:
+        raise DeliveryError("rule has no target")
+
+
+def backoff(attempts: int, settings: NotificationSettings) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: base, doubling, at most the maximum."""
+    base, top = settings.retry_backoff_base.total_seconds(), settings.retry_backoff_max.total_seconds()
+    return float(min(top, base * 2 ** max(0, attempts - 1)))
+
+
+# -- The service -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    delivered: int = 0
+    failed: int = 0
+
+
+def deliver_due(conn: db.Conn, settings: NotificationSettings) -> Round:
+    """One round: claim up to `batch` due events, send them `concurrency` at a time, record the outcomes, commit."""
+    done = Round()
+    with conn.transaction():
+        claimed = list(conn.execute(queries.get("notification_claim"), {"limit": settings.batch}))
+        if not claimed:
+            return done
+        with ThreadPoolExecutor(max_workers=min(settings.concurrency, len(claimed)),
+                                thread_name_prefix="kubetasks-notify") as pool:
+            results = list(pool.map(lambda event: _attempt(event, settings), claimed))
+        ok = [event["id"] for event, error in zip(claimed, results, strict=True) if error is None]
+        if ok:
+            conn.execute(queries.get("notification_delivered"), {"ids": ok})
+        for event, error in zip(claimed, results, strict=True):
+            if error is None:
+                done.delivered += 1
+                log.info("notification %s (%s, task %s) delivered", event["event_id"], event["event_type"],
+                         event["task_id"])
+                continue
+            delay = backoff(event["attempts"] + 1, settings)
+            row = conn.execute(queries.get("notification_failed"), {
+                "id": event["id"], "error": error, "delay": delay,
+                "max_attempts": settings.max_attempts}).fetchone()
+            done.failed += 1
+            gave_up = row is not None and row["state"] == "failed"
+            log.warning("notification %s (%s, task %s) attempt %s failed: %s; %s", event["event_id"],
+                        event["event_type"], event["task_id"], event["attempts"] + 1, error,
+                        "given up" if gave_up else f"retrying in {delay:.1f}s")
+    return done
+
+
+def _attempt(event: dict[str, Any], settings: NotificationSettings) -> str | None:
+    """Send one event; None when delivered, else why not."""
+    try:
+        send(event, settings)
+    except DeliveryError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug or an odd receiver must not lose the round's other outcomes
+        log.exception("notification %s: unexpected error", event["event_id"])
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def seconds_until_due(conn: db.Conn) -> float | None:
+    row = conn.execute(queries.get("notification_next_due")).fetchone()
+    return None if row is None or row["seconds"] is None else float(row["seconds"])
+
+
+def purge(conn: db.Conn, settings: NotificationSettings) -> int:
+    return conn.execute(queries.get("notification_purge"),
+                        {"older_than": settings.retention.total_seconds()}).rowcount
+
+
+PURGE_INTERVAL = 300.0  # seconds between purges of old delivered events
+
+
+class DeliveryService(threading.Thread):
+    """The delivery loop on a thread and connection of its own (started by housekeeping)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="kubetasks-notifications", daemon=True)
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.delivered = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        config = self.settings.notifications
+        conn: db.Conn | None = None
+        backoff_db = db.Backoff.for_database(self.settings.database)
+        purged_at = 0.0
+        while not self.stopping.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.settings.database, application_name="kubetasks-notifications")
+                    conn.execute(queries.get("notification_session"))
+                    conn.execute(db.listen(protocol.NOTIFICATION_CHANNEL))
+                backoff_db.reset()
+                done = deliver_due(conn, config)
+                self.delivered += done.delivered
+                if time.monotonic() - purged_at > PURGE_INTERVAL:
+                    purge(conn, config)
+                    purged_at = time.monotonic()
+                if done.delivered + done.failed >= config.batch:
+                    continue  # more may be due now
+                due = seconds_until_due(conn)
+                wait = config.poll_interval.total_seconds()
+                if due is not None:
+                    wait = min(wait, max(0.05, due))
+                # Wake at the trigger's NOTIFY (a new event committed) or when the next retry is due.
+                for _ in conn.notifies(timeout=wait, stop_after=1):
+                    pass
+            except db.CONNECTION_ERRORS as exc:
+                delay = backoff_db.next()
+                log.warning("notifications lost the database (%s); retrying in %.1fs", exc, delay)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopping.wait(delay)
+            except Exception:
+                log.exception("notification delivery failed")
+                self.stopping.wait(config.poll_interval.total_seconds())
+        if conn is not None:
+            conn.close()
