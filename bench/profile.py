@@ -82,7 +82,19 @@ def top_functions(raw: Path, cpu_us: float, limit: int = 20) -> tuple[list[str],
     return table(self_s), table(incl), total
 
 
-def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index: int) -> dict[str, object]:
+def code_path(checkout: str) -> str:
+    """A PYTHONPATH entry that makes `kubetasks.worker` the worker/ folder of another checkout (e.g. the
+    commit before a change, from `git archive`): it is found before the project's editable install."""
+    root = Path(checkout).resolve()
+    pkg = root / ".pypath-kubetasks" / "kubetasks"
+    if not (pkg / "worker").exists():
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / "worker").symlink_to(root / "worker", target_is_directory=True)
+    return str(pkg.parent)
+
+
+def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index: int,
+             code: str = "") -> dict[str, object]:
     name = f"prof{index}"
     dsn = server.create_database(name)
     db.migrate(dsn)
@@ -94,7 +106,8 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
         conn.execute("SELECT pg_stat_statements_reset()")
     out = work / f"run{index}"
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KUBETASKS_DATABASE__URL": dsn, "PYTHONPATH": str(import_root()), "BENCH_OUT": str(out),
+    pythonpath = os.pathsep.join([*([code_path(code)] if code else []), str(import_root())])
+    env = {**os.environ, "KUBETASKS_DATABASE__URL": dsn, "PYTHONPATH": pythonpath, "BENCH_OUT": str(out),
            "KUBETASKS_WORKER__PROCESSES": str(args.processes), "KUBETASKS_WORKER__THREADS": str(args.threads),
            "KUBETASKS_WORKER__METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
     kubetasks = str(Path(sys.executable).with_name("kubetasks"))
@@ -180,6 +193,9 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--no-py-spy", action="store_true", help="CPU and pg_stat_statements only (no sampling)")
     p.add_argument("--work-dir", default="")
+    p.add_argument("--baseline", default="", metavar="DIR",
+                   help="another checkout (e.g. `git archive COMMIT | tar -x -C DIR`): its worker runs in turn "
+                        "with this one, --runs times each, and both medians are printed side by side")
     args = p.parse_args()
     work = Path(args.work_dir or BENCH / "results" / time.strftime("profile-%Y%m%dT%H%M%S"))
     work.mkdir(parents=True, exist_ok=True)
@@ -188,18 +204,28 @@ def main() -> int:
         sys.exit("no PostgreSQL binaries found")
     server = LocalPostgres(bindir, extra_settings={"shared_preload_libraries": "pg_stat_statements"})
     results = []
+    baseline: list[dict[str, object]] = []
     try:
         server.start()
         for index in range(1, args.runs + 1):
-            res = run_once(args, server, work, index)
-            results.append(res)
-            print(f"run {index}: {res['drained']} tasks in {res['seconds']:.2f}s = {res['per_s']:.0f}/s; worker CPU "
-                  f"{res['worker_cpu_us']:.1f} µs/task, PostgreSQL CPU {res['server_cpu_us']:.1f} µs/task "
-                  f"(load {res['load']:.2f})", file=sys.stderr)
+            for code, into in ([(args.baseline, baseline)] if args.baseline else []) + [("", results)]:
+                res = run_once(args, server, work, len(results) + len(baseline) + 1, code)
+                into.append(res)
+                print(f"run {index}{' baseline' if code else ''}: {res['drained']} tasks in {res['seconds']:.2f}s = "
+                      f"{res['per_s']:.0f}/s; worker CPU {res['worker_cpu_us']:.1f} µs/task, PostgreSQL CPU "
+                      f"{res['server_cpu_us']:.1f} µs/task (load {res['load']:.2f})", file=sys.stderr)
     finally:
         server.destroy()
-    med = {k: statistics.median(float(r[k]) for r in results)  # type: ignore[arg-type]
-           for k in ("per_s", "worker_cpu_us", "server_cpu_us")}
+
+    def medians(of: list[dict[str, object]]) -> dict[str, float]:
+        return {k: statistics.median(float(r[k]) for r in of)  # type: ignore[arg-type]
+                for k in ("per_s", "worker_cpu_us", "server_cpu_us")}
+    med = medians(results)
+    if baseline:
+        base = medians(baseline)
+        print(f"A/B, medians of {args.runs}: baseline {base['per_s']:,.0f}/s, worker {base['worker_cpu_us']:.1f} "
+              f"µs/task, server {base['server_cpu_us']:.1f} µs/task -> this checkout {med['per_s']:,.0f}/s, "
+              f"worker {med['worker_cpu_us']:.1f} µs/task, server {med['server_cpu_us']:.1f} µs/task")
     last = results[-1]
     lines = [f"{args.tasks:,} queued no-op tasks, {args.processes} x {args.threads}, median of {len(results)} "
              f"run(s): {med['per_s']:,.0f} tasks/s, worker CPU {med['worker_cpu_us']:.1f} µs/task, PostgreSQL "

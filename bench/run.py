@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs of scenarios 1 and 2; the median is shown")
     p.add_argument("--runs-large", type=int, default=2, help="runs of scenario 2L (the large queue)")
     p.add_argument("--runs-other", type=int, default=1, help="runs of scenarios 3-6")
+    p.add_argument("--slow-seconds", type=float, default=20.0,
+                   help="a configuration whose first small-queue run took longer than this runs it only once "
+                        "(procrastinate needs about a minute per run; 0: always --runs)")
     p.add_argument("--large-peers", choices=["best", "all"], default="best",
                    help="scenario 2L for every Python peer configuration, or (default) only for the "
                         "one that drained the small queue fastest; kubetasks and graphile always all")
@@ -238,6 +241,13 @@ class Suite:
 
         def pop_normal(fits: float | None) -> Job | None:
             for job in normal:
+                slow = self.durations.get((job[1].name, "2"), 0.0) > self.args.slow_seconds > 0
+                if job[2] == "2" and job[0] > 1 and slow:
+                    normal.remove(job)
+                    self.skipped.append(f"run {job[0]} {job[1].name} scenario 2 (slow: one run only)")
+                    log(f"run {job[0]} {job[1].name:24} scenario 2 : left out, its first run took over "
+                        f"--slow-seconds {self.args.slow_seconds:g}")
+                    return pop_normal(fits)
                 if job[2] == "2L":
                     wanted = self.large_wanted(job[1], normal)
                     if wanted is None:
@@ -504,8 +514,9 @@ class Suite:
                 gone = ", ".join(c.kind for c in primaries if not c.keeps_finished)
                 lines.append(f"\nScenario 4: {gone} delete finished jobs, so only their queued backlog was added.")
         if short:
-            lines.append("\n† median of fewer runs than asked: the others failed or were left out to stay "
-                         "within --budget-minutes (see skipped_for_budget and errors in the JSON).")
+            lines.append("\n† median of fewer runs than asked: the others failed, or were left out to stay "
+                         "within --budget-minutes or because a run took over --slow-seconds (see "
+                         "skipped_for_budget and errors in the JSON).")
         lines += self.verdict()
         return "\n".join(lines)
 
