@@ -184,6 +184,27 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
     return result
 
 
+def report(args: argparse.Namespace, results: list[dict[str, object]], what: str) -> str:
+    med = {k: statistics.median(float(r[k]) for r in results)  # type: ignore[arg-type]
+           for k in ("per_s", "worker_cpu_us", "server_cpu_us")}
+    last = results[-1]
+    lines = [f"{what}: {args.tasks:,} queued no-op tasks, {args.processes} x {args.threads}, median of "
+             f"{len(results)} run(s): {med['per_s']:,.0f} tasks/s, worker CPU {med['worker_cpu_us']:.1f} µs/task, "
+             f"PostgreSQL backends' CPU {med['server_cpu_us']:.1f} µs/task (1-min load {last['load']:.2f}).", "",
+             "Server execution time per statement of the worker (pg_stat_statements, last run; the profiler's "
+             "own polling left out):", "",
+             "| calls | µs per task | rows | µs per call | statement |", "|---|---|---|---|---|"]
+    for calls, per_task, rows, per_call, query in last["statements"]:  # type: ignore[attr-defined]
+        lines.append(f"| {calls:,} | {per_task:.1f} | {rows:,} | {per_call:.0f} | `{query}` |")
+    if "self" in last:
+        lines += ["", f"py-spy ({args.rate} Hz during the drain, {last['samples']} samples, idle threads "
+                  "excluded), self time; µs per task = share x the measured worker CPU per task:", "",
+                  "| function | µs per task | share |", "|---|---|---|", *last["self"],  # type: ignore[list-item]
+                  "", "Inclusive time:", "", "| function | µs per task | share |", "|---|---|---|",
+                  *last["inclusive"]]  # type: ignore[list-item]
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=100_000)
@@ -221,29 +242,17 @@ def main() -> int:
         return {k: statistics.median(float(r[k]) for r in of)  # type: ignore[arg-type]
                 for k in ("per_s", "worker_cpu_us", "server_cpu_us")}
     med = medians(results)
+    texts = [("profile.md", report(args, results, "this checkout"))]
     if baseline:
         base = medians(baseline)
-        print(f"A/B, medians of {args.runs}: baseline {base['per_s']:,.0f}/s, worker {base['worker_cpu_us']:.1f} "
-              f"µs/task, server {base['server_cpu_us']:.1f} µs/task -> this checkout {med['per_s']:,.0f}/s, "
-              f"worker {med['worker_cpu_us']:.1f} µs/task, server {med['server_cpu_us']:.1f} µs/task")
-    last = results[-1]
-    lines = [f"{args.tasks:,} queued no-op tasks, {args.processes} x {args.threads}, median of {len(results)} "
-             f"run(s): {med['per_s']:,.0f} tasks/s, worker CPU {med['worker_cpu_us']:.1f} µs/task, PostgreSQL "
-             f"backends' CPU {med['server_cpu_us']:.1f} µs/task (1-min load {last['load']:.2f}).", "",
-             "Server execution time per statement of the worker (pg_stat_statements, last run; the profiler's "
-             "own polling left out):", "",
-             "| calls | µs per task | rows | µs per call | statement |", "|---|---|---|---|---|"]
-    for calls, per_task, rows, per_call, query in last["statements"]:  # type: ignore[attr-defined]
-        lines.append(f"| {calls:,} | {per_task:.1f} | {rows:,} | {per_call:.0f} | `{query}` |")
-    if "self" in last:
-        lines += ["", f"py-spy ({args.rate} Hz during the drain, {last['samples']} samples, idle threads "
-                  "excluded), self time; µs per task = share x the measured worker CPU per task:", "",
-                  "| function | µs per task | share |", "|---|---|---|", *last["self"],  # type: ignore[list-item]
-                  "", "Inclusive time:", "", "| function | µs per task | share |", "|---|---|---|",
-                  *last["inclusive"]]  # type: ignore[list-item]
-    text = "\n".join(lines)
-    (work / "profile.md").write_text(text + "\n")
-    print(text)
+        texts.append(("profile-baseline.md", report(args, baseline, f"baseline {args.baseline}")))
+        texts.append(("ab.md", f"A/B, medians of {args.runs}: baseline {base['per_s']:,.0f}/s, worker "
+                      f"{base['worker_cpu_us']:.1f} µs/task, server {base['server_cpu_us']:.1f} µs/task -> this "
+                      f"checkout {med['per_s']:,.0f}/s, worker {med['worker_cpu_us']:.1f} µs/task, server "
+                      f"{med['server_cpu_us']:.1f} µs/task"))
+    for filename, text in texts:
+        (work / filename).write_text(text + "\n")
+        print(text + "\n")
     print(f"\nwritten to {work}", file=sys.stderr)
     return 0
 
