@@ -51,8 +51,17 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+# Argument shapes (positional count, keyword names) already checked against each actor's function:
+# binding depends on the shape only, so a queue of similar tasks is checked once, not once per task.
+_fitting: set[tuple[Callable[..., Any], int, frozenset[str]]] = set()
+_FITTING_MAX = 4096
+
+
 def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -> None:
     """Arguments that do not fit the actor's signature fail the task at once instead of being retried."""
+    shape = (actor.fn, len(args), frozenset(kwargs))
+    if shape in _fitting:
+        return
     signature = _signature(actor.fn)
     if signature is None:
         return
@@ -61,6 +70,9 @@ def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -
     except TypeError as exc:
         raise InvalidInput("args", f"do not fit {actor.name}{signature}: {exc}",
                            "enqueue it with arguments its function accepts") from None
+    if len(_fitting) >= _FITTING_MAX:
+        _fitting.clear()
+    _fitting.add(shape)
 
 
 @dataclass
