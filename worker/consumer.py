@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from . import db, metrics, policies, protocol, queries
 from .context import Cancelled, WorkerShutdown
@@ -229,7 +230,7 @@ class Consumer:
         self._signalled = False
         self.outcome_ready.clear()
         batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
-        claimed: list[dict[str, Any]] = []
+        claimed: list[tuple[Any, ...]] = []
         try:
             async with self.work.pipeline():
                 if batch:
@@ -250,17 +251,18 @@ class Consumer:
             claimed += more
         return len(claimed)
 
-    async def _claim(self, queue: str, limit: int) -> list[dict[str, Any]]:
+    async def _claim(self, queue: str, limit: int) -> list[tuple[Any, ...]]:
+        """Claimed rows as tuples in the order of Job's fields (no dict per row)."""
         assert self.work is not None
-        cur = await self.work.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
+        cur = self.work.cursor(row_factory=tuple_row)
+        await cur.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
         return await cur.fetchall()
 
-    def _submit(self, rows: list[dict[str, Any]]) -> None:
+    def _submit(self, rows: list[tuple[Any, ...]]) -> None:
         started: collections.Counter[str] = collections.Counter()
         for row in rows:
-            started[row["actor"]] += 1
-            self.executor.submit(Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
-                                     row["time_limit"], row["attempt_started_at"], row["retry_backoff"]))
+            started[row[1]] += 1  # the actor
+            self.executor.submit(Job(*row))
         for actor, n in started.items():  # the metrics once per actor and batch, not once per task
             metrics.IN_PROGRESS.labels(actor).inc(n)
 
