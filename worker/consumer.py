@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from . import db, metrics, policies, protocol, queries
 from .context import Cancelled, WorkerShutdown
@@ -78,6 +79,7 @@ class Consumer:
         self.work: AsyncConn | None = None
         self.listen: AsyncConn | None = None
         self.backlog = False
+        self._durations: dict[str, Any] = {}  # the duration histogram's child per actor
 
     def capacity(self) -> int:
         """Tasks this process holds at once: its threads plus those claimed ahead of them. Unless set, the
@@ -228,7 +230,7 @@ class Consumer:
         self._signalled = False
         self.outcome_ready.clear()
         batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
-        claimed: list[dict[str, Any]] = []
+        claimed: list[tuple[Any, ...]] = []
         try:
             async with self.work.pipeline():
                 if batch:
@@ -239,35 +241,55 @@ class Consumer:
             self.outcomes.extendleft(reversed(batch))  # written after reconnecting
             raise
         # Only now is the claim committed (the pipeline's sync): run nothing that might still roll back.
-        for row in claimed:
-            self.executor.submit(self._job(row))
+        self._submit(claimed)
         self._after_write(batch)
         for queue in self.queues[1:]:  # the other queues, in order of preference, while slots remain
             if len(claimed) >= free:
                 break
             more = await self._claim(queue, free - len(claimed))  # committed on return (autocommit)
-            for row in more:
-                self.executor.submit(self._job(row))
+            self._submit(more)
             claimed += more
         return len(claimed)
 
-    async def _claim(self, queue: str, limit: int) -> list[dict[str, Any]]:
+    async def _claim(self, queue: str, limit: int) -> list[tuple[Any, ...]]:
+        """Claimed rows as tuples in the order of Job's fields (no dict per row)."""
         assert self.work is not None
-        cur = await self.work.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
+        cur = self.work.cursor(row_factory=tuple_row)
+        await cur.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
         return await cur.fetchall()
 
-    def _job(self, row: dict[str, Any]) -> Job:
-        metrics.IN_PROGRESS.labels(row["actor"]).inc()
-        return Job(row["id"], row["actor"], row["args"], row["attempts"], row["max_retries"],
-                   row["time_limit"], row["attempt_started_at"], row["retry_backoff"])
+    def _submit(self, rows: list[tuple[Any, ...]]) -> None:
+        started: collections.Counter[str] = collections.Counter()
+        for row in rows:
+            started[row[1]] += 1  # the actor
+            self.executor.submit(Job(*row))
+        for actor, n in started.items():  # the metrics once per actor and batch, not once per task
+            metrics.IN_PROGRESS.labels(actor).inc(n)
 
     def _after_write(self, batch: list[tuple[Job, policies.Outcome]]) -> None:
+        """What follows recorded outcomes: wake-ups for our own retries, and the metrics, counted per
+        (actor, state) for the whole batch; only the duration histogram takes one value per attempt."""
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
+        at = now()
+        ended: collections.Counter[tuple[str, str]] = collections.Counter()
         for job, outcome in batch:
             if outcome.state == "running" and outcome.eta is not None:
                 # Our own retry: wake up when it is due rather than at the next scan.
-                loop.call_later(max(0.0, (outcome.eta - now()).total_seconds()), self.wake.set)
-            metrics.record_outcome(job.actor, outcome)
+                loop.call_later(max(0.0, (outcome.eta - at).total_seconds()), self.wake.set)
+            ended[job.actor, outcome.state] += 1
+            if outcome.started_at is not None:
+                duration = self._durations.get(job.actor)
+                if duration is None:
+                    duration = self._durations[job.actor] = metrics.DURATION.labels(job.actor)
+                duration.observe(max(0.0, (at - outcome.started_at).total_seconds()))
+        for (actor, state), n in ended.items():
+            metrics.IN_PROGRESS.labels(actor).dec(n)
+            if state == "running":  # a retry
+                metrics.RETRIES.labels(actor).inc(n)
+            else:
+                metrics.FINISHED.labels(actor, state).inc(n)
 
     async def _flush(self) -> None:
         while self.outcomes:

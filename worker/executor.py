@@ -51,8 +51,17 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+# Argument shapes (positional count, keyword names) already checked against each actor's function:
+# binding depends on the shape only, so a queue of similar tasks is checked once, not once per task.
+_fitting: set[tuple[Callable[..., Any], int, frozenset[str]]] = set()
+_FITTING_MAX = 4096
+
+
 def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -> None:
     """Arguments that do not fit the actor's signature fail the task at once instead of being retried."""
+    shape = (actor.fn, len(args), frozenset(kwargs))
+    if shape in _fitting:
+        return
     signature = _signature(actor.fn)
     if signature is None:
         return
@@ -61,6 +70,9 @@ def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -
     except TypeError as exc:
         raise InvalidInput("args", f"do not fit {actor.name}{signature}: {exc}",
                            "enqueue it with arguments its function accepts") from None
+    if len(_fitting) >= _FITTING_MAX:
+        _fitting.clear()
+    _fitting.add(shape)
 
 
 @dataclass
@@ -91,6 +103,7 @@ class TaskThread(threading.Thread):
         self.pool = pool
         self.current: Job | None = None
         self.retired = False  # abandoned while stuck: exit after the stuck call returns
+        self.injected = False  # an interrupt was injected since the last clear (guarded by the pool's lock)
 
     def run(self) -> None:
         pool = self.pool
@@ -189,11 +202,15 @@ class Executor:
     def _detach(self, thread: TaskThread) -> None:
         # An interrupt injected a moment too late must not hit the next task: clear it under the lock
         # that interrupt() injects under, and start over if it lands while we do.
+        # Only a thread that was injected into needs the (ctypes) clear: no other can hold one, since
+        # injections happen under that lock and only while `current` is set.
         while True:
             try:
                 with self.lock:
                     thread.current = None
-                    _clear_in(thread.ident or 0)
+                    if thread.injected:
+                        thread.injected = False
+                        _clear_in(thread.ident or 0)
                 return
             except Interrupted:
                 continue
@@ -216,6 +233,7 @@ class Executor:
             job.ctx.interrupt(reason)
             thread = job.thread if job.thread is not None and job.thread.current is job else None
             if thread is not None and thread.ident is not None:
+                thread.injected = True
                 _raise_in(thread.ident, reason)
         outcome = policies.decide(job.ctx, raised=reason(), now=datetime.now(UTC),
                                   backoff_base=self.backoff_base, backoff_max=self.backoff_max,

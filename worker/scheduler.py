@@ -1,11 +1,11 @@
 """Fire due schedules: turn cron ticks into tasks, exactly once per tick, whoever runs the scheduler.
 
 Every worker replica (in its housekeeping) and the operator fire, so several schedulers race all the time.
-Each due schedule is handled in its own short transaction: the row is locked with `FOR UPDATE SKIP LOCKED`
-(a second scheduler skips it, or re-checks `next_run` after the first one committed and finds it no longer
-due), the run is enqueued with the tick's time in `schedule_tick` (the unique index `tasks_schedule_tick`
-makes a second run of one tick impossible even if the locking were bypassed), and `next_run` is advanced by
-compare-and-set. The run and the advance commit together or not at all.
+Due schedules are handled in batches, one transaction per batch: the rows are locked with `FOR UPDATE SKIP
+LOCKED` (a second scheduler skips them, or re-checks `next_run` after the first one committed and finds them
+no longer due), each run is enqueued with the tick's time in `schedule_tick` (the unique index
+`tasks_schedule_tick` makes a second run of one tick impossible even if the locking were bypassed), and
+`next_run` is advanced by compare-and-set. A run and its advance commit together or not at all.
 
 `FiringService` is the one loop policy for whoever fires: the worker's housekeeping and the operator (which
 fires too, so schedules keep firing while a WorkerPool has scaled its workers to zero). A pass fires what is
@@ -15,6 +15,7 @@ within one interval). Which ticks exist is `cron`'s arithmetic; the rows and run
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 MIN_SKIP_TOLERANCE = 60.0  # seconds late a tick may still fire under missedRunPolicy Skip
 
+# Cron arithmetic is pure and schedules due together mostly share cron, zone and ticks: a batch of them
+# costs one croniter walk, not one each.
+_latest_due = functools.lru_cache(maxsize=4096)(cron.latest_due)
+_next_tick = functools.lru_cache(maxsize=4096)(cron.next_tick)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -47,7 +53,7 @@ class Decision:
 
 def decide(row: dict[str, Any], now: datetime, settings: Settings) -> Decision:
     """Pure policy: which tick is due and whether the missed-run policy and deadline let it fire."""
-    tick, missed = cron.latest_due(row["cron"], row["time_zone"], row["next_run"], now)
+    tick, missed = _latest_due(row["cron"], row["time_zone"], row["next_run"], now)
     late = (now - tick).total_seconds()
     deadline: int | None = row["starting_deadline_seconds"]
     if row["missed_run_policy"] == "Skip":
@@ -76,31 +82,51 @@ class _Pass:
     failed: list[str] = field(default_factory=list)  # schedules rolled back: retried next pass, not at once
 
 
+FIRE_BATCH = 100  # due schedules locked and fired per transaction
+
+
 def _fire_pass(conn: Conn, settings: Settings, now: datetime | None, limit: int) -> _Pass:
+    """Due schedules are locked FIRE_BATCH at a time and fired in one transaction, with one statement each
+    for their runs, their advance and their history (`_fire_many`). Should that fail, the batch is fired
+    again one schedule at a time, each in its own savepoint, so a broken schedule rolls back alone (and is
+    retried on the next pass). A crash before the commit fires none of the batch; the unique (schedule,
+    tick) index and the compare-and-set of next_run keep every tick to one run whatever races."""
     result = _Pass()
     done: list[str] = []
-    for _ in range(limit):
+    while len(done) < limit:
         fired: list[int] = []
-        name: str | None = None
-        try:
-            with conn.transaction():
-                at = now if now is not None else db.now(conn)
-                row = conn.execute(queries.get("schedule_lock_due"), {"now": at, "done": done}).fetchone()
-                if row is None:
-                    break
-                name = row["name"]
-                done.append(row["name"])
-                fired = _fire(conn, row, at, settings)
-        except db.CONNECTION_ERRORS:
-            raise  # the connection is gone: the caller reconnects
-        except Exception:
-            if name is None:
-                raise  # not about one schedule (schema missing…): nothing to skip past
-            # One broken schedule must not stop the others; it is retried on the next pass.
-            log.exception("schedule %s: firing failed, rolled back", name)
-            result.failed.append(name)
-            continue
-        result.created.extend(fired)
+        failed: list[str] = []
+        with conn.transaction():
+            at = now if now is not None else db.now(conn)
+            rows = conn.execute(queries.get("schedule_lock_due"), {
+                "now": at, "done": done, "limit": min(FIRE_BATCH, limit - len(done))}).fetchall()
+            if not rows:
+                break
+            done.extend(row["name"] for row in rows)
+            # Replace cancels earlier runs: rare, one at a time. The rest share a few statements.
+            alone = [row for row in rows if row["concurrency_policy"] == "Replace"]
+            together = [row for row in rows if row["concurrency_policy"] != "Replace"]
+            if together:
+                try:
+                    with conn.transaction():  # a savepoint: on failure, fire these one by one instead
+                        fired.extend(_fire_many(conn, together, at, settings))
+                except db.CONNECTION_ERRORS:
+                    raise  # the connection is gone: the caller reconnects, the batch is rolled back
+                except Exception:
+                    log.exception("firing %d schedules together failed; firing them one by one", len(together))
+                    alone = rows
+            for row in alone:
+                try:
+                    with conn.transaction():  # a savepoint per schedule
+                        fired.extend(_fire(conn, row, at, settings))
+                except db.CONNECTION_ERRORS:
+                    raise
+                except Exception:
+                    # One broken schedule must not stop the others; it is retried on the next pass.
+                    log.exception("schedule %s: firing failed, rolled back", row["name"])
+                    failed.append(row["name"])
+        result.created.extend(fired)  # committed
+        result.failed.extend(failed)
     return result
 
 
@@ -139,6 +165,63 @@ def _fire(conn: Conn, row: dict[str, Any], now: datetime, settings: Settings) ->
              following.isoformat() if following else "never")
     return created
 
+
+
+def _fire_many(conn: Conn, rows: list[dict[str, Any]], now: datetime, settings: Settings) -> list[int]:
+    """Fire a batch of locked due schedules (Allow or Forbid) with one statement each for the live runs
+    Forbid looks at, the runs, the advance of next_run and the history pruning. Same decisions as
+    `_fire`; a tick that already has a run (or a live run holding the dedup key) inserts nothing."""
+    forbid = [row["name"] for row in rows if row["concurrency_policy"] == "Forbid"]
+    live: dict[str, int] = {}
+    if forbid:
+        live = {r["schedule_name"]: r["id"] for r in conn.execute(
+            queries.get("schedule_live_runs_many"), {"names": forbid})}
+    decided: list[tuple[dict[str, Any], Decision, str]] = []
+    runs: list[dict[str, Any]] = []
+    for row in rows:
+        decision = decide(row, now, settings)
+        fire, reason = decision.fire, decision.reason
+        if fire and row["name"] in live:
+            fire, reason = False, f"skipped (Forbid): run {live[row['name']]} is still queued or running"
+        if fire:
+            try:
+                runs.append(queue._row_params(  # the checks and defaults of queue.enqueue
+                    row["actor"], row["args"], queue=row["queue"], eta=None, priority=row["priority"],
+                    max_retries=row["max_retries"], time_limit=row["time_limit"],
+                    retry_backoff=row["retry_backoff"], schedule_name=row["name"], schedule_tick=decision.tick,
+                    object_ref=None, dedup_key=schedules.dedup_key(row["name"]) if row["deduplicate"] else None,
+                    validate=False, settings=settings))
+            except InvalidInput as exc:  # e.g. args over a limit lowered since apply: skip, do not spin
+                reason = f"not enqueued: {exc}"
+                log.error("schedule %s: %s", row["name"], reason)
+        decided.append((row, decision, reason))
+    created: dict[str, int] = {}
+    if runs:
+        created = {r["schedule_name"]: r["id"] for r in conn.execute(queries.get("schedule_runs_insert_many"), {
+            key: [run[column] for run in runs] for key, column in (
+                ("queues", "queue"), ("actors", "actor"), ("args", "args"), ("priorities", "priority"),
+                ("max_retries", "max_retries"), ("time_limits", "time_limit"), ("retry_backoffs", "retry_backoff"),
+                ("names", "schedule_name"), ("ticks", "schedule_tick"), ("dedup_keys", "dedup_key"))})}
+    following = [_next_tick(row["cron"], row["time_zone"], now) for row, _, _ in decided]  # none in (tick, now]
+    advanced = conn.execute(queries.get("schedule_advance_many"), {
+        "names": [row["name"] for row, _, _ in decided], "expected": [row["next_run"] for row, _, _ in decided],
+        "next_runs": following, "last_runs": [now if row["name"] in created else None for row, _, _ in decided],
+    }).fetchall()
+    if len(advanced) != len(decided):  # the rows are locked by us, so only a bug gets here; roll back the batch
+        raise RuntimeError("schedules' next_run changed under the scheduler's lock")
+    conn.execute(queries.get("schedule_prune_history_many"), {
+        "names": [row["name"] for row, _, _ in decided],
+        "keep_successful": [row["successful_runs_history_limit"] for row, _, _ in decided],
+        "keep_failed": [row["failed_runs_history_limit"] for row, _, _ in decided]})
+    for (row, decision, reason), nxt in zip(decided, following, strict=True):
+        name = row["name"]
+        if name in created:
+            reason += f", task {created[name]}"
+        elif decision.fire and not reason.startswith(("skipped", "not enqueued")):
+            reason = "skipped: the tick already has a run, or a live run holds the dedup key"
+        log.info("schedule %s tick %s: %s; next run %s", name, decision.tick.isoformat(), reason,
+                 nxt.isoformat() if nxt else "never")
+    return list(created.values())
 
 
 MIN_WAIT = 0.05  # seconds: the shortest sleep between passes, so an overdue schedule cannot spin a loop

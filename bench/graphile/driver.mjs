@@ -2,8 +2,8 @@
 // bench/graphile (its own node_modules). Same commands and JSON answer as the Python drivers.
 //
 // Bulk enqueue: WorkerUtils.addJobs (one add_jobs() call per batch).
-// Workers: run({concurrency: C}) per process, with the batching options the graphile-worker
-// performance guide documents (localQueue, completeJobBatchDelay, failJobBatchDelay).
+// Workers: run({concurrency: C}) per process, with preset.worker options from BENCH_GRAPHILE_PRESET
+// (none, or the performance guide's localQueue, completeJobBatchDelay, failJobBatchDelay).
 import fs from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -120,7 +120,9 @@ async function worker(o) {
   for (let k = 0; k < o.schedules; k++) {
     crontab.push(`* * * * * bench_sched ?id=s${k} {"k":${k}}`);
   }
-  const localQueueSize = Number(process.env.BENCH_GRAPHILE_LOCAL_QUEUE || 4 * o.concurrency);
+  // The exact preset.worker options come from the adapter (bench/systems/peers.py): {} for
+  // graphile's defaults, the performance guide's localQueue and batch delays for the best row.
+  const preset = JSON.parse(process.env.BENCH_GRAPHILE_PRESET || "{}");
   const runner = await run({
     connectionString: DSN,
     concurrency: o.concurrency,
@@ -128,13 +130,7 @@ async function worker(o) {
     taskList,
     crontab: crontab.join("\n"),
     logger,
-    preset: {
-      worker: {
-        localQueue: localQueueSize > 1 ? { size: localQueueSize } : undefined,
-        completeJobBatchDelay: 0,
-        failJobBatchDelay: 0,
-      },
-    },
+    preset: { worker: preset },
   });
   await runner.promise;
   return {};

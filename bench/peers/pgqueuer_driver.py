@@ -1,8 +1,8 @@
 """pgqueuer driver for the bench suite; runs in bench/.venv-peers only.
 
 Bulk enqueue: `Queries.enqueue` with lists (one multi-row insert per batch), asyncpg driver.
-Workers: `PgQueuer.run(batch_size=C/2, max_concurrent_tasks=C)` with async no-op entrypoints,
-one process per "worker process". pgqueuer requires max_concurrent_tasks >= 2 x batch_size.
+Workers: `PgQueuer.run(**BENCH_PGQUEUER_RUN)` with async no-op entrypoints, one process per
+"worker process"; the keyword arguments come from the adapter (bench/systems/peers.py).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ async def worker(concurrency: int, schedules: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pgq.shutdown.set)
-    await pgq.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+    del concurrency  # the adapter puts it into the run() arguments (max_concurrent_tasks) when capped
+    await pgq.run(**json.loads(os.environ.get("BENCH_PGQUEUER_RUN", "{}")))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""One adapter per benchmarked system, by name (the order is the table's column order)."""
+"""One adapter per benchmarked system, by kind (the order is the table's order)."""
 
 from __future__ import annotations
 

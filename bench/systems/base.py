@@ -43,27 +43,55 @@ class Ctx:
     logs: Path  # driver and worker output
 
 
-@dataclass
+@dataclass(frozen=True)
 class Slots:
-    """Total concurrency, the same for every system: `processes` x `threads` slots."""
+    """Concurrency of one configuration: `processes` x `threads` slots (the total is equal for all)."""
 
-    processes: int = 2
+    processes: int = 1
     threads: int = 8
 
     @property
     def total(self) -> int:
         return self.processes * self.threads
 
+    def __str__(self) -> str:
+        return f"{self.processes}x{self.threads}"
+
 
 class System:
-    """One system under test. Subclasses fill in the class attributes and `driver()`."""
+    """One system under test in one configuration: its settings variant and its process split.
 
-    name: str = ""
+    Subclasses fill in the class attributes, `driver()`, and per variant the exact settings
+    (`settings()`, shown in the table) and how they reach the workers (`worker_env`).
+    """
+
+    kind: str = ""  # the system: its driver, schema template and table group
     label: str = ""
+    python: bool = True  # a Python peer (for the "best Python peer" ratio)
+    variants: tuple[str, ...] = ("defaults",)  # the first is the one the other scenarios run with
     has_scheduler: bool = True
     keeps_finished: bool = True  # False where finished jobs are deleted (no finished rows to prefill)
     pending_sql: str = ""  # COUNT of tasks queued, running or waiting for a retry
     concurrency_note: str = ""
+
+    def __init__(self, variant: str = "", slots: Slots | None = None) -> None:
+        self.variant = variant or self.variants[0]
+        if self.variant not in self.variants:
+            raise ValueError(f"{self.kind} has no settings variant {self.variant!r} ({', '.join(self.variants)})")
+        self.slots = slots or Slots()
+
+    @property
+    def name(self) -> str:
+        """Unique per configuration; also part of database names (letters, digits, underscores)."""
+        return f"{self.kind}_{self.variant}_{self.slots.processes}x{self.slots.threads}"
+
+    @property
+    def row_label(self) -> str:
+        return f"{self.label}, {self.variant}"
+
+    def settings(self) -> str:
+        """The exact worker settings of this configuration, for the table."""
+        return self.concurrency_note
 
     def missing(self) -> str | None:
         """Why this system cannot run here (e.g. bench/setup.sh not run), or None."""
@@ -130,18 +158,18 @@ class System:
 
     # --- workers ---------------------------------------------------------------------------
 
-    def worker_commands(self, slots: Slots, schedules: int) -> list[list[str]]:
+    def worker_commands(self, schedules: int) -> list[list[str]]:
         """Default: one driver `worker` process per slot process, each with `threads` slots."""
-        cmd = [*self.driver(), "worker", "--concurrency", str(slots.threads), "--schedules", str(schedules)]
-        return [cmd for _ in range(slots.processes)]
+        cmd = [*self.driver(), "worker", "--concurrency", str(self.slots.threads), "--schedules", str(schedules)]
+        return [cmd for _ in range(self.slots.processes)]
 
-    def worker_env(self, ctx: Ctx, slots: Slots, schedules: int) -> dict[str, str]:
+    def worker_env(self, ctx: Ctx, schedules: int) -> dict[str, str]:
         return self.env(ctx, schedules)
 
-    def start_workers(self, ctx: Ctx, slots: Slots, schedules: int = 0) -> WorkerGroup:
+    def start_workers(self, ctx: Ctx, schedules: int = 0) -> WorkerGroup:
         group = WorkerGroup(self.name)
-        env = self.worker_env(ctx, slots, schedules)
-        for idx, cmd in enumerate(self.worker_commands(slots, schedules)):
+        env = self.worker_env(ctx, schedules)
+        for idx, cmd in enumerate(self.worker_commands(schedules)):
             with open(ctx.logs / f"{self.name}-worker{idx}.log", "ab") as log:
                 group.procs.append(subprocess.Popen(cmd, env=env, cwd=self.cwd(), stdout=log, stderr=log,
                                                     start_new_session=True))

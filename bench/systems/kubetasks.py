@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .base import BENCH, PEERS_DIR, Ctx, Slots, System
+from .base import BENCH, PEERS_DIR, Ctx, System
 
 ROOT = BENCH.parent
 
@@ -27,11 +27,16 @@ def import_root() -> Path:
 
 
 class Kubetasks(System):
-    name = "kubetasks"
+    kind = "kubetasks"
     label = "kubetasks"
+    python = False  # the system under test, not a peer
+    variants = ("defaults",)  # kubetasks' defaults are its settings for throughput (adaptive prefetch)
     pending_sql = "SELECT count(*) FROM kubetasks.tasks WHERE state IN ('queued', 'running')"
-    concurrency_note = ("one `kubetasks worker` with KUBETASKS_WORKER__PROCESSES=P and "
-                        "KUBETASKS_WORKER__THREADS=T")
+
+    def settings(self) -> str:
+        return (f"one `kubetasks worker`, KUBETASKS_WORKER__PROCESSES={self.slots.processes}, "
+                f"KUBETASKS_WORKER__THREADS={self.slots.threads}, other settings default "
+                "(RETRY_BACKOFF_BASE=0.001 for scenario 5)")
 
     def missing(self) -> str | None:
         for module in ("kubetasks.worker.db", "kubetasks.worker.queue", "kubetasks.worker.registry"):
@@ -65,11 +70,11 @@ class Kubetasks(System):
     def setup_schedules(self, ctx: Ctx, n: int) -> None:
         self.call(ctx, "schedules", "--n", str(n), timeout=600)
 
-    def worker_env(self, ctx: Ctx, slots: Slots, schedules: int) -> dict[str, str]:
+    def worker_env(self, ctx: Ctx, schedules: int) -> dict[str, str]:
         env = self.env(ctx, schedules)
-        env["KUBETASKS_WORKER__PROCESSES"] = str(slots.processes)
-        env["KUBETASKS_WORKER__THREADS"] = str(slots.threads)
+        env["KUBETASKS_WORKER__PROCESSES"] = str(self.slots.processes)
+        env["KUBETASKS_WORKER__THREADS"] = str(self.slots.threads)
         return env
 
-    def worker_commands(self, slots: Slots, schedules: int) -> list[list[str]]:
+    def worker_commands(self, schedules: int) -> list[list[str]]:
         return [[self.cli() or "kubetasks", "worker", "--module", "bench.tasks_kubetasks"]]

@@ -312,3 +312,31 @@ def test_firing_service_serves_passes_until_stopped(dsn: str, conn: db.Conn, set
         thread.join(5)
     assert not thread.is_alive()
     assert [t.schedule_name for t in runs(conn)] == ["default/s"]
+
+
+def test_many_due_schedules_fire_in_batches_each_tick_once(conn: db.Conn, settings: Settings) -> None:
+    n = scheduler.FIRE_BATCH * 2 + 7
+    for k in range(n):
+        make(conn, name=f"default/b{k}", args={"k": k},
+             concurrencyPolicy="Forbid" if k % 3 == 0 else "Allow", deduplicate=k % 5 == 0)
+    at = T0 + H
+    ids = scheduler.fire_due(conn, settings, now=at)
+    assert len(ids) == len(set(ids)) == n
+    names = {queue.get_task(conn, i).schedule_name for i in ids}
+    assert names == {f"default/b{k}" for k in range(n)}
+    assert scheduler.fire_due(conn, settings, now=at) == []  # every next_run advanced
+    # The next tick: Forbid and deduplicate schedules skip it (their runs are still queued), the rest fire.
+    later = scheduler.fire_due(conn, settings, now=at + H)
+    assert len(later) == sum(1 for k in range(n) if k % 3 and k % 5)
+
+
+def test_a_batch_that_fails_is_fired_one_by_one(conn: db.Conn, settings: Settings,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(5):
+        make(conn, name=f"default/f{k}")
+
+    def broken(*args: object, **kwargs: object) -> list[int]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(scheduler, "_fire_many", broken)
+    assert len(scheduler.fire_due(conn, settings, now=T0 + H)) == 5

@@ -58,12 +58,12 @@ RETURNING name;
 -- schedule_mark_run: remember when a run was last started by hand (trigger, resume).
 UPDATE kubetasks.schedules SET last_run = %(now)s WHERE name = %(name)s;
 
--- schedule_lock_due: the most overdue unpaused schedule, locked; SKIP LOCKED keeps concurrent schedulers apart,
--- and the re-check of next_run after a wait means a tick another scheduler just advanced is not seen as due.
+-- schedule_lock_due: the `limit` most overdue unpaused schedules, locked; SKIP LOCKED keeps concurrent schedulers
+-- apart, and the re-check of next_run after a wait means a tick another scheduler just advanced is not seen as due.
 SELECT * FROM kubetasks.schedules
 WHERE NOT paused AND next_run <= %(now)s AND name <> ALL(%(done)s::text[])
 ORDER BY next_run, name
-LIMIT 1
+LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- schedule_advance: move next_run on by compare-and-set (no change unless it is still the tick we handled),
@@ -98,3 +98,47 @@ WHERE NOT paused AND name <> ALL(%(skip)s::text[]);
 
 -- schedule_list_last_success: every schedule that ever succeeded and when it last did (for the metrics).
 SELECT name, last_success FROM kubetasks.schedules WHERE last_success IS NOT NULL;
+
+-- schedule_live_runs_many: the newest queued or running run of each of these schedules (Forbid, in batches).
+SELECT schedule_name, max(id) AS id FROM kubetasks.tasks
+WHERE schedule_name = ANY(%(names)s::text[]) AND state IN ('queued', 'running')
+GROUP BY schedule_name;
+
+-- schedule_runs_insert_many: one run per (schedule, tick) of a batch; a tick that already has a run, or a
+-- schedule whose live run holds its dedup key, inserts nothing (the unique indexes decide, not a read).
+INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit, retry_backoff,
+                             schedule_name, schedule_tick, dedup_key)
+SELECT r.queue, r.actor, r.args::jsonb, r.priority, now(), r.max_retries, r.time_limit, r.retry_backoff,
+       r.schedule_name, r.schedule_tick, r.dedup_key
+FROM unnest(%(queues)s::text[], %(actors)s::text[], %(args)s::text[], %(priorities)s::int[],
+            %(max_retries)s::int[], %(time_limits)s::float8[], %(retry_backoffs)s::float8[], %(names)s::text[],
+            %(ticks)s::timestamptz[], %(dedup_keys)s::text[])
+     AS r(queue, actor, args, priority, max_retries, time_limit, retry_backoff, schedule_name, schedule_tick,
+          dedup_key)
+ON CONFLICT DO NOTHING
+RETURNING id, schedule_name;
+
+-- schedule_advance_many: schedule_advance for a batch (compare-and-set of each next_run).
+UPDATE kubetasks.schedules s
+SET next_run = a.next_run, last_run = coalesce(a.last_run, s.last_run),
+    last_success = greatest(s.last_success, (
+        SELECT max(t.finished_at) FROM kubetasks.tasks t
+        WHERE t.schedule_name = s.name AND t.state IN ('successful', 'warning')))
+FROM unnest(%(names)s::text[], %(expected)s::timestamptz[], %(next_runs)s::timestamptz[],
+            %(last_runs)s::timestamptz[]) AS a(name, expected, next_run, last_run)
+WHERE s.name = a.name AND s.next_run = a.expected
+RETURNING s.name;
+
+-- schedule_prune_history_many: schedule_prune_history for a batch, each schedule with its own limits.
+WITH keep AS (
+    SELECT * FROM unnest(%(names)s::text[], %(keep_successful)s::int[], %(keep_failed)s::int[])
+        AS k(name, keep_successful, keep_failed)
+), ranked AS (
+    SELECT t.id, t.state IN ('successful', 'warning') AS ok, k.keep_successful, k.keep_failed,
+           row_number() OVER (PARTITION BY t.schedule_name, t.state IN ('successful', 'warning')
+                              ORDER BY t.id DESC) AS n
+    FROM keep k JOIN kubetasks.tasks t ON t.schedule_name = k.name
+    WHERE t.state NOT IN ('queued', 'running')
+)
+DELETE FROM kubetasks.tasks t USING ranked r
+WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN r.keep_successful ELSE r.keep_failed END;

@@ -25,6 +25,7 @@ SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
 -- task_claim: lock up to `limit` runnable tasks of one queue for this worker, highest priority and oldest first.
 -- Row locks (SKIP LOCKED) keep claimers apart; the session advisory lock then marks the attempt as alive
 -- for as long as this connection lives, which is how a dead worker's tasks are recognised.
+-- The columns come in the order of the worker's Job fields (it reads them as tuples).
 WITH candidates AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks
     WHERE worker IS NULL AND state IN ('queued', 'running') AND queue = %(queue)s AND eta <= now()
@@ -38,8 +39,7 @@ UPDATE kubetasks.tasks t
 SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.attempts + 1,
     started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
 FROM locked WHERE t.id = locked.id
-RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.retry_backoff, t.queue,
-          t.attempt_started_at;
+RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff;
 
 -- task_finish_many: record the outcome of many attempts of this worker, then release their advisory locks.
 -- A state of 'running' means "retry at eta": the task stays running, without a worker, until then.
