@@ -23,7 +23,6 @@ from . import cron, db, queries, queue, workflows
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from .policies import Outcome
     from .settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -35,18 +34,6 @@ IN_PROGRESS = Gauge("kubetasks_tasks_in_progress", "Tasks executing now, by acto
                     multiprocess_mode="livesum")
 DURATION = Histogram("kubetasks_task_duration_seconds", "Duration of finished attempts, by actor.", ["actor"],
                      buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600))
-
-
-def record_outcome(actor: str, outcome: Outcome) -> None:
-    IN_PROGRESS.labels(actor).dec()
-    if outcome.state == "running":
-        RETRIES.labels(actor).inc()
-    else:
-        FINISHED.labels(actor, outcome.state).inc()
-    if outcome.started_at is not None:
-        from datetime import UTC, datetime
-
-        DURATION.labels(actor).observe(max(0.0, (datetime.now(UTC) - outcome.started_at).total_seconds()))
 
 
 OVERDUE_GRACE = 60.0  # seconds past its time limit before a running attempt counts as overdue
