@@ -2,7 +2,7 @@
 (hostPath, read-only) and put on PYTHONPATH; they write to a second hostPath folder the test reads.
 
 Each execution appends one line to a file, so tests/faults/ledger.py counts executions exactly:
-`c.record` appends its `value` to a shared file (`ledger.by_value`), `c.hold` writes "start" and then
+`c.record` (and `c.burst`) append their `value` to a shared file (`ledger.by_value`), `c.hold` writes "start" and then
 "done" to its own file (`ledger.by_path`), `c.wait_file` holds until the test creates `release`.
 """
 
@@ -31,6 +31,12 @@ def record(path: str, value: str, seconds: float = 0.0) -> dict[str, str]:
     return {"value": value}
 
 
+@actor(name="c.burst")
+def burst(path: str, value: str, seconds: float = 0.0) -> dict[str, str]:
+    """`c.record` under its own name, so a burst is counted apart from the other tests' tasks."""
+    return record(path, value, seconds)
+
+
 @actor(name="c.hold", time_limit=30)
 def hold(path: str, seconds: float) -> None:
     _append(path, "start")
@@ -45,3 +51,9 @@ def wait_file(path: str, release: str) -> None:
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.05)
     _append(path, "done")
+
+
+@actor(name="c.gate", time_limit=60)
+def gate(path: str, release: str) -> None:
+    """`c.wait_file` under its own name, for the tests that only need a task to hold its worker."""
+    wait_file(path, release)

@@ -110,3 +110,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("cluster measurements")
         for key, value in REPORT.items():
             terminalreporter.write_line(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failure, attach what the cluster looked like: pods, workloads, events, component log tails."""
+    report = yield
+    if report.failed and call.when == "call" and "cluster" in item.fixturenames:
+        cl = item.funcargs.get("cluster")
+        kubectl = item.funcargs.get("kubectl")
+        if isinstance(cl, LocalCluster) and kubectl is not None:
+            pods = kubectl("get", "pods,deploy,workerpools,taskruns", "-A", "-o", "wide", check=False)
+            events = kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False)
+            report.sections.append(("cluster state", f"{pods.stdout}{pods.stderr}\n{events.stdout[-6000:]}"))
+    return report

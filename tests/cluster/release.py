@@ -67,9 +67,9 @@ class Release:
                       "-f", str(values_file), "--wait", f"--timeout={int(timeout)}s", timeout=timeout + 30)
         return time.monotonic() - began
 
-    def uninstall(self) -> None:
-        self.helm_run("uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout=120s",
-                      timeout=150, check=False)
+    def uninstall(self, wait: bool = False) -> None:
+        self.helm_run("uninstall", self.name, "--namespace", self.namespace, *(["--wait"] if wait else []),
+                      "--timeout=120s", timeout=150, check=False)
 
     def helm_run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([self.helm, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
@@ -168,6 +168,8 @@ def chart_values(*, image: tuple[str, str], database_url: str, server_port: int,
             "terminationGracePeriodSeconds": 45,
             "extraEnv": fast,
         },
+        # Endpoints refuse loopback addresses ("may not be in the loopback range"): no Service here.
+        "metrics": {"service": {"enabled": False}},
         "workerPool": {"minReplicas": 0, "maxReplicas": max_replicas, "scaleDownStabilizationSeconds": 10,
                        "pollingIntervalSeconds": 1},
     }
