@@ -4,7 +4,6 @@ file order and each leaves the release idle (no tasks left, pool back where it s
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import time
@@ -186,8 +185,10 @@ def test_worker_pod_killed_mid_task_is_recovered_and_ends_once(release: Release,
     wait(lambda: len(list(folder.iterdir())) == 3, "three tasks running", timeout=120)
     (running,) = sql(dsn, "SELECT array_agg(DISTINCT worker) AS w FROM kubetasks.tasks"
                           " WHERE actor = 'c.wait_file' AND state = 'running'")
-    victims = release.ready_pods("worker")
-    assert victims
+    # The pod running them (workers claim as soon as they start, maybe before their first readiness probe).
+    victims = [p for p in release.pods("worker") if p["status"].get("phase") == "Running"
+               and not p["metadata"].get("deletionTimestamp")]
+    assert len(victims) == 1, [p["metadata"]["name"] for p in victims]
     victim = victims[0]["metadata"]["name"]
     # Force: the container is killed at once, as on a node failure; no drain can save the attempt.
     release.kubectl("delete", "pod", "-n", release.namespace, victim, "--grace-period=0", "--force")
@@ -199,8 +200,8 @@ def test_worker_pod_killed_mid_task_is_recovered_and_ends_once(release: Release,
     REPORT["pod kill: tally"] = {**result.counts(), "workers before": running["w"]}
     assert (result.lost, result.duplicated, result.succeeded) == (0, 0, 3), result.counts()
     assert result.worker_lost == lost >= 1
-    ends = collections.Counter(p.read_text().split().count("done") for p in folder.iterdir())
-    assert ends == collections.Counter({1: 3}) or sum(ends.elements()) >= 3
+    # Each task ended once: one "done" per file, after one "start" per attempt.
+    assert all(p.read_text().split().count("done") == 1 for p in folder.iterdir())
     clear(dsn, ["c.wait_file"])
 
 
@@ -262,7 +263,10 @@ WORKER_DENIED = [
 
 
 def can_i(release: Release, sa: str, verb: str, resource: str) -> bool:
-    proc = release.kubectl("auth", "can-i", verb, resource, "-n", release.namespace,
+    # "kind/x" would name an object x: subresources go in their own flag.
+    kind, _, sub = resource.partition("/")
+    proc = release.kubectl("auth", "can-i", verb, kind, *([f"--subresource={sub}"] if sub else []),
+                           "-n", release.namespace,
                            f"--as=system:serviceaccount:{release.namespace}:{sa}", check=False)
     return proc.stdout.strip() == "yes"
 
