@@ -27,7 +27,7 @@ mirror="${KUBETASKS_DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
 ca_bundle="${KUBETASKS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
-base_key=$(printf 'minbase bookworm %s v1' "$mirror" | sha256sum | cut -c1-16)
+base_key=$(printf 'minbase bookworm %s v2' "$mirror" | sha256sum | cut -c1-16)
 python_key=$(cat <(echo "$base_key") .ci/images/python-base.Dockerfile "$ca_bundle" | sha256sum | cut -c1-16)
 # The kubetasks image: the Dockerfile, its build context (as .dockerignore admits it) and the base.
 app_key=$( (echo "$python_key"; cat Dockerfile .dockerignore pyproject.toml README.md;
@@ -79,7 +79,7 @@ if [[ ! -s "$rootfs_tar" ]]; then
     log "debootstrap --variant=minbase bookworm from $mirror"
     "${NICE[@]}" debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" --numeric-owner -cf "$rootfs_tar.tmp" .
     mv "$rootfs_tar.tmp" "$rootfs_tar"
     rm -rf "$rootfs"
@@ -127,7 +127,9 @@ if [[ ! -s "$pause_tar" ]]; then
 fi
 log "all images in $(( $(date +%s) - t_start )) s"
 # Older archives of the same kind are dead weight.
-for f in "$CACHE"/kubetasks-dev-*.tar "$CACHE"/python-base-*.tar "$CACHE"/pause-*.tar "$CACHE"/debian-bookworm-minbase-*.tar; do
-    case "$f" in "$app_tar"|"$pause_tar"|"$python_tar"|"$rootfs_tar") ;; *) rm -f "$f" ;; esac
+for f in "$CACHE"/kubetasks-dev-*.tar "$CACHE"/kubetasks-dev-*.size "$CACHE"/python-base-*.tar "$CACHE"/pause-*.tar \
+         "$CACHE"/debian-bookworm-minbase-*.tar; do
+    case "$f" in "$app_tar"|"${app_tar%.tar}.size"|"$pause_tar"|"$python_tar"|"$rootfs_tar") ;; *) rm -f "$f" ;; esac
 done
+docker image prune -f >/dev/null 2>&1 || true  # earlier builds' layers in the private daemon's data root
 printf '%s\n%s\n' "$app_tar" "$pause_tar"
