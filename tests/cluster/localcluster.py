@@ -100,7 +100,8 @@ class Node:
 
     @property
     def cgroup_root(self) -> str:
-        return f"/kubetasks-{self.name}"
+        # Unique per cluster (its workdir's name), so two clusters on one machine keep apart.
+        return f"/{self.workdir.parent.name}-{self.name}"
 
 
 @dataclass
@@ -162,9 +163,13 @@ class LocalCluster(ControlPlane):
                     done.result()
             self.timings.images = time.monotonic() - t0
             t0 = time.monotonic()
+            # One after the other: every kubelet binds the same fixed device-plugin socket
+            # (/var/lib/kubelet/device-plugins/kubelet.sock, not under --root-dir), and two starting at
+            # once fail with "bind: address already in use". A later one takes the path over; no test
+            # uses device plugins.
             for node in self.nodes:
                 self._start_kubelet(node)
-            self._wait_nodes_ready()
+                self._wait_nodes_ready([node])
             self.timings.ready = time.monotonic() - t0
         except BaseException:
             self.stop()
@@ -296,6 +301,8 @@ state = "{root / 'state'}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's state per containerd, not the machine-wide /run/containerd/runc.
+        Root = "{root / 'runc'}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
@@ -376,7 +383,7 @@ state = "{root / 'state'}"
             "--v=1",
         ], log)  # fmt: skip
 
-    def _wait_nodes_ready(self) -> None:
+    def _wait_nodes_ready(self, nodes: list[Node]) -> None:
         deadline = time.monotonic() + self.ready_timeout
         kubectl = controlplane.make_kubectl(controlplane.kubectl_binary() or "kubectl", self.kubeconfig)
         last = ""
@@ -392,7 +399,7 @@ state = "{root / 'state'}"
                     if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
                 }  # fmt: skip
                 self._set_node_addresses(kubectl, items)
-                if ready >= {n.name for n in self.nodes}:
+                if ready >= {n.name for n in nodes}:
                     return
                 last = json.dumps([n["status"].get("conditions") for n in items])[-1500:]
             time.sleep(0.5)  # polling interval, bounded by the deadline
