@@ -190,6 +190,8 @@ class LocalCluster(ControlPlane):
         super().stop()  # containerd, scheduler, controller-manager, apiserver, etcd (reverse start order)
         for node in self.nodes:
             self._remove_cgroups(node)
+        if self.nodes:
+            self._remove_kubelet_iptables()
         if self.workdir is not None:
             self._unmount_under(self.workdir)
             if not self.keep_workdir:
@@ -448,6 +450,21 @@ state = "{root / 'state'}"
                     d.rmdir()
             with contextlib.suppress(OSError):
                 top.rmdir()
+
+    @staticmethod
+    def _remove_kubelet_iptables() -> None:
+        """Kubelets add a few host-wide chains (KUBE-FIREWALL drops non-loopback packets to 127.0.0.0/8,
+        plus empty canary chains); remove them once no kubelet runs on the machine any more."""
+        if subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True, check=False).returncode == 0:
+            return
+        for tool in ("iptables", "ip6tables"):
+            if shutil.which(tool) is None:
+                continue
+            for args in (["-D", "INPUT", "-j", "KUBE-FIREWALL"], ["-D", "OUTPUT", "-j", "KUBE-FIREWALL"],
+                         ["-F", "KUBE-FIREWALL"], ["-X", "KUBE-FIREWALL"], ["-X", "KUBE-KUBELET-CANARY"],
+                         ["-t", "nat", "-X", "KUBE-KUBELET-CANARY"], ["-t", "mangle", "-X", "KUBE-KUBELET-CANARY"],
+                         ["-t", "mangle", "-X", "KUBE-IPTABLES-HINT"]):
+                subprocess.run([tool, "-w", "5", *args], capture_output=True, check=False)
 
     @staticmethod
     def _unmount_under(root: Path) -> None:
