@@ -5,6 +5,7 @@
 #   migrate   kubetasks migrate
 # Build: docker build -t kubetasks:dev .   Add your actor modules in a derived image (FROM kubetasks:dev,
 # COPY your package, pip install it) and list them in KUBETASKS_WORKER__MODULES.
+# Any Debian-based Python >= 3.11 image works as PYTHON_IMAGE (CI passes a debootstrapped one: .ci/images.sh).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -13,12 +14,14 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY worker/ worker/
-COPY operator/ operator/
-RUN python -m venv /opt/kubetasks \
-    && /opt/kubetasks/bin/pip install --no-cache-dir ".[operator]" \
+# The sources go to a directory that is never Python's working directory: run from /src, the repo's
+# operator/ folder would shadow the standard library's `operator` module (`python -m` puts the cwd first).
+COPY pyproject.toml README.md /src/kubetasks/
+COPY worker/ /src/kubetasks/worker/
+COPY operator/ /src/kubetasks/operator/
+WORKDIR /opt
+RUN python3 -m venv /opt/kubetasks \
+    && /opt/kubetasks/bin/pip install --no-cache-dir "/src/kubetasks[operator]" \
     && /opt/kubetasks/bin/pip check
 
 # Stage 2: the runtime, without build tools, pip caches or sources; runs as an unprivileged user.

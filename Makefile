@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 25
 
-.PHONY: demo test lint typecheck importcontract namespace postgres controlplane bench crds clean
+.PHONY: demo test lint typecheck importcontract namespace postgres controlplane cluster images bench crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +22,28 @@ postgres: $(STAMP)
 controlplane:
 	@bash .ci/controlplane.sh
 
+# A real single-node cluster's binaries and images (tests/cluster); `make cluster` then starts one by hand.
+images:
+	@bash .ci/images.sh
+cluster: $(STAMP)
+	@bash .ci/controlplane.sh --node >/dev/null && bash .ci/images.sh >/dev/null \
+	  && KUBETASKS_CLUSTER_NODES=$${KUBETASKS_CLUSTER_NODES:-1} $(BIN)/python tests/cluster/localcluster.py
+
 demo: $(STAMP) postgres
 	$(BIN)/kubetasks dev -f examples/ --duration $(DEMO_SECONDS)
 
 # The control plane and helm are built from their Go modules once, then cached in ~/.cache/kubetasks.
+# As root with containerd installed, also the node (kubelet, controller-manager, scheduler: one `go build`
+# with the apiserver) and the images (.ci/images.sh) for tests/cluster; elsewhere that suite skips.
 test: $(STAMP) postgres
-	@assets=$$(bash .ci/controlplane.sh 2>/tmp/kubetasks-controlplane-build.log) \
+	@node=""; if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then node="--node"; fi; \
+	assets=$$(bash .ci/controlplane.sh $$node 2>/tmp/kubetasks-controlplane-build.log) \
 	  && export KUBEBUILDER_ASSETS="$$assets" \
 	  || echo "control plane unavailable (see /tmp/kubetasks-controlplane-build.log): apiserver tests will skip"; \
 	helm=$$(bash charts/helm.sh 2>/tmp/kubetasks-helm-build.log) && export HELM="$$helm" \
 	  || echo "helm unavailable (see /tmp/kubetasks-helm-build.log): chart rendering tests will skip"; \
+	if [ -n "$$node" ]; then bash .ci/images.sh >/dev/null 2>/tmp/kubetasks-images-build.log \
+	  || echo "images unavailable (see /tmp/kubetasks-images-build.log): cluster tests will skip"; fi; \
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -5,6 +5,11 @@
 # Prints the directory holding `kube-apiserver` and `etcd` on stdout (and nothing else);
 # progress goes to stderr.
 #
+# `controlplane.sh --node` also builds what a single-node cluster needs (kubelet,
+# kube-controller-manager, kube-scheduler) into the same directory, from the same module
+# graph and in the same `go build` invocation as kube-apiserver when it is built cold, so
+# the packages they share (most of k8s.io/kubernetes/pkg) compile once.
+#
 # Order:
 #   1. $KUBEBUILDER_ASSETS, when it holds both binaries (envtest convention).
 #   2. The cache: ${KUBETASKS_CACHE:-$HOME/.cache/kubetasks}/controlplane/v<k8s>/bin
@@ -18,8 +23,16 @@ K8S_VERSION="${K8S_VERSION#v}"
 
 log() { printf 'controlplane.sh: %s\n' "$*" >&2; }
 
+K8S_BINS=(kube-apiserver)
+if [[ "${1:-}" == "--node" ]]; then
+    K8S_BINS+=(kube-controller-manager kube-scheduler kubelet)
+fi
+
 has_bins() {
-    [[ -x "$1/kube-apiserver" && -x "$1/etcd" ]]
+    local name
+    for name in "${K8S_BINS[@]}" etcd; do
+        [[ -x "$1/$name" ]] || return 1
+    done
 }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && has_bins "$KUBEBUILDER_ASSETS"; then
@@ -52,8 +65,16 @@ if has_bins "$BIN"; then
 fi
 
 SRC="$DEST/src"
-rm -rf "$SRC" "$BIN.tmp"
-mkdir -p "$SRC" "$BIN.tmp"
+rm -rf "$BIN.tmp"
+mkdir -p "$BIN.tmp"
+# Binaries already built (the control plane, when --node is asked later) are kept.
+missing=()
+for name in "${K8S_BINS[@]}"; do
+    if [[ -x "$BIN/$name" ]]; then cp -p "$BIN/$name" "$BIN.tmp/"; else missing+=("$name"); fi
+done
+[[ -x "$BIN/etcd" ]] && cp -p "$BIN/etcd" "$BIN.tmp/"
+[[ -f "$BIN/VERSIONS" ]] && cp -p "$BIN/VERSIONS" "$BIN.tmp/"
+mkdir -p "$SRC"
 cd "$SRC"
 
 # Frugal: lowest CPU priority, no local paths in binaries, stripped symbols.
@@ -62,9 +83,11 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 NICE=(nice -n 19)
 
 start=$(date +%s)
-log "building Kubernetes v$K8S_VERSION control plane in $DEST (go: $("$GO" version))"
+log "building Kubernetes v$K8S_VERSION (${missing[*]:-} etcd) in $DEST (go: $("$GO" version))"
 
-"$GO" mod init kubetasks.dev/controlplane-build >/dev/null 2>&1
+if [[ ! -f go.mod ]]; then
+    "$GO" mod init kubetasks.dev/controlplane-build >/dev/null 2>&1
+fi
 
 # k8s.io/kubernetes requires its staging modules at v0.0.0 (resolved by in-repo replaces
 # upstream); the published equivalents are v0.<minor>.<patch>.
@@ -91,8 +114,12 @@ if [[ -z "$etcd_version" ]]; then
     "$GO" mod edit -require="go.etcd.io/etcd/server/v3@$etcd_version"
 fi
 
-# Resolve the graph and record go.sum for both main packages.
-"${NICE[@]}" "$GO" get "k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION" >&2
+# Resolve the graph and record go.sum for every main package.
+pkgs=()
+for name in "${K8S_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+gets=()
+for pkg in "${pkgs[@]}"; do gets+=("$pkg@v$K8S_VERSION"); done
+"${NICE[@]}" "$GO" get "${gets[@]}" >&2
 "${NICE[@]}" "$GO" get "go.etcd.io/etcd/server/v3@$etcd_version" >&2
 
 # The etcd binary's main package is the root of the server module (etcd >= 3.5).
@@ -113,21 +140,29 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 t0=$(date +%s)
-log "compiling kube-apiserver (2 cores: expect several minutes)"
-CGO_ENABLED=0 "${NICE[@]}" "$GO" build -ldflags="-s -w$ldx" -o "$BIN.tmp/kube-apiserver" \
-    k8s.io/kubernetes/cmd/kube-apiserver
+if (( ${#missing[@]} )); then
+    # One invocation for all Kubernetes binaries: shared packages compile once, and `-o DIR/`
+    # names each binary after its package (kube-apiserver, kubelet, ...).
+    log "compiling ${missing[*]} (2 cores: expect several minutes)"
+    mpkgs=()
+    for name in "${missing[@]}"; do mpkgs+=("k8s.io/kubernetes/cmd/$name"); done
+    CGO_ENABLED=0 "${NICE[@]}" "$GO" build -ldflags="-s -w$ldx" -o "$BIN.tmp/" "${mpkgs[@]}"
+fi
 t1=$(date +%s)
-log "kube-apiserver built in $((t1 - t0)) s; compiling etcd $etcd_version"
-CGO_ENABLED=0 "${NICE[@]}" "$GO" build -ldflags="-s -w" -o "$BIN.tmp/etcd" go.etcd.io/etcd/server/v3
+log "${missing[*]:-nothing} built in $((t1 - t0)) s"
+if [[ ! -x "$BIN.tmp/etcd" ]]; then
+    log "compiling etcd $etcd_version"
+    CGO_ENABLED=0 "${NICE[@]}" "$GO" build -ldflags="-s -w" -o "$BIN.tmp/etcd" go.etcd.io/etcd/server/v3
+fi
 t2=$(date +%s)
-log "etcd built in $((t2 - t1)) s"
+log "etcd ready after $((t2 - t1)) s"
 
-cat >"$BIN.tmp/VERSIONS" <<EOF
-kube-apiserver v$K8S_VERSION
-etcd $etcd_version
-go $("$GO" env GOVERSION)
-built $build_date in $((t2 - start)) s
-EOF
+{
+    for name in "${K8S_BINS[@]}"; do echo "$name v$K8S_VERSION"; done
+    echo "etcd $etcd_version"
+    echo "go $("$GO" env GOVERSION)"
+    echo "built $build_date in $((t2 - start)) s (${missing[*]:-})"
+} >>"$BIN.tmp/VERSIONS"
 rm -rf "$BIN"
 mv "$BIN.tmp" "$BIN"
 # Keep go.mod/go.sum (tiny, documents the graph); module and build caches live in Go's own dirs.

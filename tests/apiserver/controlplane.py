@@ -198,6 +198,7 @@ class ControlPlane:
         *,
         authorization_mode: str = "RBAC",
         extra_apiserver_args: list[str] | None = None,
+        disabled_admission_plugins: tuple[str, ...] = ("ServiceAccount",),
         start_timeout: float = 90.0,
         stop_timeout: float = 15.0,
         keep_workdir: bool | None = None,
@@ -205,6 +206,8 @@ class ControlPlane:
         self.binaries = binaries
         self.authorization_mode = authorization_mode
         self.extra_apiserver_args = list(extra_apiserver_args or [])
+        # As envtest: no controller-manager creates the `default` ServiceAccount (a full cluster keeps it on).
+        self.disabled_admission_plugins = disabled_admission_plugins
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.keep_workdir = (
@@ -353,8 +356,8 @@ class ControlPlane:
                 f"--service-account-signing-key-file={certs / 'sa.key'}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 f"--authorization-mode={self.authorization_mode}",
-                # As envtest: no controller-manager creates the `default` ServiceAccount.
-                "--disable-admission-plugins=ServiceAccount",
+                *([f"--disable-admission-plugins={','.join(self.disabled_admission_plugins)}"]
+                  if self.disabled_admission_plugins else []),
                 "--allow-privileged=true",
                 # No kubelet will ever serve the 127.0.0.1 endpoint; skip the lease reconciler noise.
                 "--endpoint-reconciler-type=none",

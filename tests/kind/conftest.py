@@ -4,6 +4,9 @@ Cluster choice, first match wins:
   1. $KUBETASKS_E2E_KUBECONFIG: an existing cluster chosen for these tests (unreachable = failure).
   2. $KUBECONFIG: an existing cluster (unreachable = skip, since it may just be a leftover setting).
   3. kind on PATH and a working Docker daemon: pytest-kind creates a throwaway cluster.
+  4. Otherwise, where it can run (root, containerd, the binaries of `.ci/controlplane.sh --node`), the
+     cluster of host processes from tests/cluster/localcluster.py with one node: kind's nodes need a
+     Docker bridge network and registry pulls, which some machines (our CI) do not allow.
 Otherwise every test here is skipped with a one-line reason.
 
 pytest-kind's own `kind_cluster` fixture downloads an old kind when `--kind-bin` is not given
@@ -20,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +61,16 @@ def _reachable(kubectl: str, kubeconfig: str) -> tuple[bool, str]:
     return code == 0, last
 
 
+def _local_cluster() -> Any:
+    """tests/cluster's LocalCluster (one node, no images) when it can run here, else None."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+    import localcluster
+
+    if localcluster.skip_reason() or localcluster.node_binaries() is None:
+        return None
+    return localcluster.LocalCluster(nodes=1)
+
+
 @pytest.fixture(scope="session")
 def e2e_cluster(request: pytest.FixtureRequest) -> Iterator[E2ECluster]:
     kubectl = _kubectl_binary()
@@ -78,7 +92,19 @@ def e2e_cluster(request: pytest.FixtureRequest) -> Iterator[E2ECluster]:
 
     kind = shutil.which("kind")
     if kind is None:
-        pytest.skip("kind suite: `kind` not on PATH and no KUBETASKS_E2E_KUBECONFIG/KUBECONFIG set")
+        local = _local_cluster()
+        if local is None:
+            pytest.skip("kind suite: `kind` not on PATH, no KUBETASKS_E2E_KUBECONFIG/KUBECONFIG set, and no local "
+                        "cluster (tests/cluster/localcluster.py) can run here")
+        try:
+            local.start()
+        except Exception as exc:  # binaries present but not running: a failure to look at
+            pytest.fail(f"kind suite: local cluster failed to start: {exc}", pytrace=False)
+        try:
+            yield E2ECluster(str(local.kubeconfig), "local cluster of host processes (tests/cluster)")
+        finally:
+            local.stop()
+        return
     code, why = _run(["docker", "info"]) if shutil.which("docker") else (1, "docker not on PATH")
     if code != 0:
         pytest.skip(f"kind suite: no Docker daemon (`docker info`: {why})")

@@ -63,5 +63,9 @@ initContainers:
       {{- include "kubetasks.env" . | nindent 6 }}
     securityContext:
       {{- toYaml .Values.securityContext | nindent 6 }}
+    {{- with .Values.extraVolumeMounts }}
+    volumeMounts:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
 {{- end }}
 {{- end -}}
