@@ -8,9 +8,12 @@
 # Any Debian-based Python >= 3.11 image works as PYTHON_IMAGE (CI passes a debootstrapped one: .ci/images.sh).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Extras to install: the dashboard's image adds its web stack with --build-arg KUBETASKS_EXTRAS=operator,dashboard.
+ARG KUBETASKS_EXTRAS=operator
 
 # Stage 1: build a wheel and install it with its pinned dependencies into a self-contained venv.
 FROM ${PYTHON_IMAGE} AS build
+ARG KUBETASKS_EXTRAS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -21,7 +24,7 @@ COPY worker/ /src/kubetasks/worker/
 COPY operator/ /src/kubetasks/operator/
 WORKDIR /opt
 RUN python3 -m venv /opt/kubetasks \
-    && /opt/kubetasks/bin/pip install --no-cache-dir "/src/kubetasks[operator]" \
+    && /opt/kubetasks/bin/pip install --no-cache-dir "/src/kubetasks[${KUBETASKS_EXTRAS}]" \
     && /opt/kubetasks/bin/pip check
 
 # Stage 2: the runtime, without build tools, pip caches or sources; runs as an unprivileged user.

@@ -37,7 +37,8 @@ AsyncConn = db.AsyncConn
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}"
+    # POD_NAME (the chart sets it from the downward API): pods on the host's network share its hostname.
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
 
 
 class Health:
