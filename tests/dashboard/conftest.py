@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ pytest.importorskip("fastapi", reason="the dashboard extra is not installed (pip
 
 from dashboard.helpers import HEADERS, TOKEN, seed
 from fastapi.testclient import TestClient
-from workers import WorkerProcess
+from workers import WorkerProcess, fleet
 
 from kubetasks.worker.dashboard.app import DashboardConfig, create_app
 from kubetasks.worker.dashboard.auth import TokenAuth
@@ -35,13 +36,5 @@ def client(dsn: str) -> Iterator[TestClient]:
 @pytest.fixture
 def start_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Real worker processes running tests/runtime/worker_actors.py (as tests/runtime/conftest.py does)."""
-    started: list[WorkerProcess] = []
-
-    def start(**overrides: object) -> WorkerProcess:
-        worker = WorkerProcess(dsn, tmp_path / f"worker{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
+    with fleet(tmp_path) as started:
+        yield functools.partial(started.start, dsn)

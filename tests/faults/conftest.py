@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from faults import ledger
-from workers import WorkerProcess
+from workers import WorkerProcess, fleet
 
 from kubetasks.worker import pgserver
 
@@ -92,16 +92,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes on any database (`dsn` first); all are stopped at the end of the test."""
-    started: list[WorkerProcess] = []
-
-    def start(dsn: str, **overrides: object) -> WorkerProcess:
-        worker = WorkerProcess(dsn, tmp_path / f"worker{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
+    with fleet(tmp_path) as started:
+        yield started.start
 
 
 @pytest.fixture

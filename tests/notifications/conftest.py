@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from receivers import SmtpServer, WebhookReceiver
-from workers import WorkerProcess
+from workers import WorkerProcess, fleet
 
 
 @pytest.fixture
@@ -27,16 +27,12 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture
 def start_worker(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., WorkerProcess]]:
     """Start a worker; `notify={"smtp_host": …}` become KUBETASKS_NOTIFICATIONS__* of that process only."""
-    started: list[WorkerProcess] = []
+    with fleet(tmp_path) as started:
 
-    def start(notify: dict[str, str] | None = None, **overrides: object) -> WorkerProcess:
-        with monkeypatch.context() as env:
-            for key, value in {"poll_interval": "1", **(notify or {})}.items():
-                env.setenv(f"KUBETASKS_NOTIFICATIONS__{key.upper()}", value)
-            worker = WorkerProcess(dsn, tmp_path / f"worker{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
+        def start(notify: dict[str, str] | None = None, **overrides: object) -> WorkerProcess:
+            with monkeypatch.context() as env:
+                for key, value in {"poll_interval": "1", **(notify or {})}.items():
+                    env.setenv(f"KUBETASKS_NOTIFICATIONS__{key.upper()}", value)
+                return started.start(dsn, **overrides)
 
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
+        yield start

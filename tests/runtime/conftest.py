@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from workers import WorkerProcess
+import workers
 
 
 @pytest.fixture
-def start_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(**overrides: object) -> WorkerProcess:
-        worker = WorkerProcess(dsn, tmp_path / f"worker{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
+def start_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., workers.WorkerProcess]]:
+    with workers.fleet(tmp_path) as started:
+        yield functools.partial(started.start, dsn)

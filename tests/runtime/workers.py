@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -17,9 +19,13 @@ WORKER_CMD = [sys.executable, "-c",
 
 
 class WorkerProcess:
-    def __init__(self, dsn: str, log_path: Path, **overrides: object) -> None:
-        env = {**os.environ, "PYTHONPATH": str(HERE), "KUBETASKS_DATABASE__URL": dsn,
-               "KUBETASKS_WORKER__MODULES": json.dumps(["worker_actors"]),
+    """One worker process; `modules` are imported from `paths` (this folder is always on its path)."""
+
+    def __init__(self, dsn: str, log_path: Path, *, modules: Sequence[str] = ("worker_actors",),
+                 paths: Sequence[Path] = (), **overrides: object) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (*paths, HERE)),
+               "KUBETASKS_DATABASE__URL": dsn,
+               "KUBETASKS_WORKER__MODULES": json.dumps(list(modules)),
                "KUBETASKS_WORKER__METRICS_PORT": "0",
                "KUBETASKS_WORKER__CONSUMER_LISTEN_TIMEOUT": "1",
                "KUBETASKS_WORKER__RETRY_BACKOFF_BASE": "0.05",
@@ -53,4 +59,31 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+
+class Fleet:
+    """The worker processes one test started; all are stopped when it ends."""
+
+    def __init__(self, log_dir: Path, **defaults: object) -> None:
+        self.log_dir = log_dir
+        self.defaults = defaults
+        self.started: list[WorkerProcess] = []
+
+    def start(self, dsn: str, **overrides: object) -> WorkerProcess:
+        worker = WorkerProcess(dsn, self.log_dir / f"worker{len(self.started)}.log",
+                               **{**self.defaults, **overrides})
+        self.started.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop(timeout=10)
+
+
+@contextmanager
+def fleet(log_dir: Path, **defaults: object) -> Iterator[Fleet]:
+    started = Fleet(log_dir, **defaults)
+    try:
+        yield started
+    finally:
+        started.stop_all()
 

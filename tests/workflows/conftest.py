@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,34 +12,8 @@ import workers
 HERE = Path(__file__).parent
 
 
-class FlowWorker(workers.WorkerProcess):
-    """A WorkerProcess whose PYTHONPATH also holds this folder's actors."""
-
-    def __init__(self, dsn: str, log_path: Path, **overrides: object) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(workers.HERE)]),
-               "KUBETASKS_DATABASE__URL": dsn,
-               "KUBETASKS_WORKER__MODULES": json.dumps(["flow_actors"]),
-               "KUBETASKS_WORKER__METRICS_PORT": "0",
-               "KUBETASKS_WORKER__CONSUMER_LISTEN_TIMEOUT": "1",
-               "KUBETASKS_WORKER__RETRY_BACKOFF_BASE": "0.05",
-               "KUBETASKS_WORKER__RESCUE_INTERVAL": "1",
-               "KUBETASKS_WORKER__SHUTDOWN_TIMEOUT": "2"}
-        for key, value in overrides.items():
-            env[f"KUBETASKS_WORKER__{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(workers.WORKER_CMD, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
-def start_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., FlowWorker]]:
-    started: list[FlowWorker] = []
-
-    def start(**overrides: object) -> FlowWorker:
-        worker = FlowWorker(dsn, tmp_path / f"worker{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
+def start_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., workers.WorkerProcess]]:
+    """Workers importing this folder's flow_actors (and, from tests/runtime, the runtime tests' helpers)."""
+    with workers.fleet(tmp_path, modules=["flow_actors"], paths=[HERE]) as started:
+        yield functools.partial(started.start, dsn)
