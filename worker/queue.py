@@ -268,11 +268,16 @@ class TaskFilter:
         for value in self.states:
             if value not in protocol.STATES:
                 raise InvalidInput("state", f"unknown state {value!r}", "use one of " + ", ".join(protocol.STATES))
-        for column, values in (("state", self.states), ("actor", self.actors), ("queue", self.queues)):
-            if values:
-                clauses.append(sql.SQL("{}::text = ANY(%({})s)").format(sql.Identifier(column),
-                                                                       sql.SQL(column + "s")))
-                params[column + "s"] = list(values)
+        # Columns compared as they are stored (the enum, not state::text), so their indexes can serve.
+        if self.states:
+            clauses.append(sql.SQL("state = ANY(%(states)s::kubetasks.task_state[])"))
+            params["states"] = list(self.states)
+        if self.actors:
+            clauses.append(sql.SQL("actor = ANY(%(actors)s)"))
+            params["actors"] = list(self.actors)
+        if self.queues:
+            clauses.append(sql.SQL("queue = ANY(%(queues)s)"))
+            params["queues"] = list(self.queues)
         if self.schedule is not None:
             clauses.append(sql.SQL("schedule_name = %(schedule)s"))
             params["schedule"] = self.schedule

@@ -60,27 +60,10 @@ class TaskQuery:
 
     def where(self, scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
         self.check()
-        clauses: list[sql.Composable] = []
-        params: dict[str, Any] = {}
-        if self.states:
-            clauses.append(sql.SQL("state = ANY(%(states)s::kubetasks.task_state[])"))
-            params["states"] = list(self.states)
-        if self.actors:
-            clauses.append(sql.SQL("actor = ANY(%(actors)s)"))
-            params["actors"] = list(self.actors)
-        if self.queues:
-            clauses.append(sql.SQL("queue = ANY(%(queues)s)"))
-            params["queues"] = list(self.queues)
-        if self.schedule is not None:
-            clauses.append(sql.SQL("schedule_name = %(schedule)s"))
-            params["schedule"] = self.schedule
-        if self.object_ref is not None:
-            clauses.append(sql.SQL("object_ref = %(object_ref)s"))
-            params["object_ref"] = self.object_ref
+        common, params = self._common().where()
+        clauses: list[sql.Composable] = [common]
         if self.standalone:
             clauses.append(sql.SQL("object_ref IS NULL"))
-        if self.exclude_successful:
-            clauses.append(sql.SQL("state <> 'successful'"))
         if self.created_after is not None:
             clauses.append(sql.SQL("created_at >= %(created_after)s"))
             params["created_after"] = self.created_after
@@ -111,9 +94,13 @@ class TaskQuery:
                 allowed.append(sql.SQL("{} = ANY(%(allowed_namespaces)s)").format(namespace_expr))
                 params["allowed_namespaces"] = sorted(scope.namespaces)
             clauses.append(sql.SQL("({})").format(sql.SQL(" OR ").join(allowed)) if allowed else sql.SQL("false"))
-        if not clauses:
-            return sql.SQL("true"), params
         return sql.SQL(" AND ").join(clauses), params
+
+    def _common(self) -> queue.TaskFilter:
+        """What the worker's filter can say of this query (state, actor, queue, schedule, object, successful)."""
+        return queue.TaskFilter(states=tuple(self.states), actors=tuple(self.actors), queues=tuple(self.queues),
+                                schedule=self.schedule, object_ref=self.object_ref,
+                                exclude_successful=self.exclude_successful)
 
     def as_filter(self) -> queue.TaskFilter:
         """The worker's filter for bulk actions; refused when it cannot express this query."""
@@ -124,9 +111,7 @@ class TaskQuery:
         if unsupported:
             raise InvalidInput(unsupported[0], "is not supported by bulk actions",
                                "filter by state, actor, queue, schedule or object")
-        return queue.TaskFilter(states=tuple(self.states), actors=tuple(self.actors), queues=tuple(self.queues),
-                                schedule=self.schedule, object_ref=self.object_ref,
-                                exclude_successful=self.exclude_successful)
+        return self._common()
 
 
 def task_json(task: queue.Task, description: str | None = None) -> dict[str, Any]:
