@@ -94,7 +94,7 @@ EXPLAINS = {
     "overview: queue depth": "SELECT queue, count(*) FILTER (WHERE worker IS NULL AND eta <= now()) "
                              "FROM kubetasks.tasks WHERE finished_at IS NULL AND state IN ('queued', 'running') "
                              "GROUP BY queue",
-    "queue.queue_depth as the worker has it (for comparison)":
+    "queue depth without the finished_at condition (for comparison)":
         "SELECT queue, count(*) FILTER (WHERE worker IS NULL AND eta <= now()) "
         "FROM kubetasks.tasks WHERE state IN ('queued', 'running') GROUP BY queue",
     "count(*) of the whole table (what the overview avoids)": "SELECT count(*) FROM kubetasks.tasks",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import db, protocol
+from .. import db, protocol, queue
 from ..db import Conn
 from . import queries
 
@@ -48,8 +48,7 @@ def overview(conn: Conn, *, max_age: float = 5.0, now: datetime | None = None) -
 
 
 def queue_depth(conn: Conn) -> list[dict[str, Any]]:
-    """What queue.queue_depth returns, through the index of unfinished rows (see dashboard.sql)."""
-    return list(conn.execute(queries.get("queue_depth")))
+    return queue.queue_depth(conn)
 
 
 def _estimate(conn: Conn) -> int:

@@ -108,14 +108,15 @@ WITH suspects AS MATERIALIZED (
 )
 SELECT id, attempts, state FROM rescued;
 
--- queue_count_tasks: queue depth (runnable now) and tasks in flight, per queue.
+-- queue_count_tasks: queue depth (runnable now, delayed) and tasks in flight, per queue; `finished_at IS NULL`
+-- (the same rows, by the tasks_finished_iff_final check) reads through tasks_unfinished, not the whole table.
 SELECT queue,
        count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
        count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
        count(*) FILTER (WHERE worker IS NOT NULL) AS executing
 FROM kubetasks.tasks
-WHERE state IN ('queued', 'running')
-GROUP BY queue;
+WHERE finished_at IS NULL AND state IN ('queued', 'running')
+GROUP BY queue ORDER BY queue;
 
 -- task_stats: counts by state and actor, for `kubetasks tasks stats` and the metrics.
 SELECT actor, state::text AS state, count(*) AS count FROM kubetasks.tasks GROUP BY actor, state ORDER BY actor, state;

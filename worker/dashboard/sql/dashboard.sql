@@ -7,16 +7,6 @@ SELECT actor, state::text AS state, count(*) AS count
 FROM kubetasks.tasks WHERE finished_at IS NULL AND state IN ('queued', 'running')
 GROUP BY actor, state ORDER BY actor, state;
 
--- queue_depth: queue.queue_depth's counts (runnable now, delayed, executing per queue) read through
--- tasks_unfinished instead of a scan of the whole table.
-SELECT queue,
-       count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
-       count(*) FILTER (WHERE worker IS NULL AND eta > now()) AS delayed,
-       count(*) FILTER (WHERE worker IS NOT NULL) AS executing
-FROM kubetasks.tasks
-WHERE finished_at IS NULL AND state IN ('queued', 'running')
-GROUP BY queue ORDER BY queue;
-
 -- finished_counts: tasks finished since a time, by actor and state (range scan of tasks_finished).
 SELECT actor, state::text AS state, count(*) AS count
 FROM kubetasks.tasks WHERE finished_at >= %(since)s
