@@ -32,7 +32,7 @@ cluster: $(STAMP)
 demo: $(STAMP) postgres
 	$(BIN)/kubetasks dev -f examples/ --duration $(DEMO_SECONDS)
 
-# The control plane and helm are built from their Go modules once, then cached in ~/.cache/kubetasks.
+# The control plane, helm and promtool are built from their Go modules once, then cached in ~/.cache/kubetasks.
 # As root with containerd installed, also the node (kubelet, controller-manager, scheduler: one `go build`
 # with the apiserver) and the images (.ci/images.sh) for tests/cluster; elsewhere that suite skips.
 test: $(STAMP) postgres
@@ -42,6 +42,8 @@ test: $(STAMP) postgres
 	  || echo "control plane unavailable (see /tmp/kubetasks-controlplane-build.log): apiserver tests will skip"; \
 	helm=$$(bash charts/helm.sh 2>/tmp/kubetasks-helm-build.log) && export HELM="$$helm" \
 	  || echo "helm unavailable (see /tmp/kubetasks-helm-build.log): chart rendering tests will skip"; \
+	promtool=$$(bash charts/promtool.sh 2>/tmp/kubetasks-promtool-build.log) && export PROMTOOL="$$promtool" \
+	  || echo "promtool unavailable (see /tmp/kubetasks-promtool-build.log): its rule check will skip"; \
 	if [ -n "$$node" ]; then bash .ci/images.sh >/dev/null 2>/tmp/kubetasks-images-build.log \
 	  || echo "images unavailable (see /tmp/kubetasks-images-build.log): cluster tests will skip"; fi; \
 	$(BIN)/pytest
