@@ -123,7 +123,7 @@ def _resolve(actor: str | registry.Actor, validate: bool) -> tuple[str, registry
         return name, None
 
 
-def _row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, eta: datetime | None,
+def row_params(actor: str | registry.Actor, args: Any, *, queue: str | None, eta: datetime | None,
                 priority: int | None, max_retries: int | None, time_limit: float | None, retry_backoff: float | None,
                 schedule_name: str | None, schedule_tick: datetime | None, object_ref: str | None,
                 dedup_key: str | None, validate: bool, settings: Settings) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
             notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> Task:
     """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`).
     `notify`: notification rules (else the actor's), stored on the row."""
-    params = _row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
+    params = row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
                          time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=schedule_name,
                          schedule_tick=schedule_tick,
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
@@ -195,7 +195,7 @@ def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[An
                  settings: Settings | None = None) -> int:
     """Bulk enqueue with COPY (no dedup keys, no eta); one notification per queue. Returns the count."""
     settings = settings or get_settings()
-    template = _row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
+    template = row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
                            time_limit=time_limit, retry_backoff=None, schedule_name=None, schedule_tick=None,
                            object_ref=None,
                            dedup_key=None, validate=validate, settings=settings)

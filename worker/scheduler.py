@@ -185,7 +185,7 @@ def _fire_many(conn: Conn, rows: list[dict[str, Any]], now: datetime, settings: 
             fire, reason = False, f"skipped (Forbid): run {live[row['name']]} is still queued or running"
         if fire:
             try:
-                runs.append(queue._row_params(  # the checks and defaults of queue.enqueue
+                runs.append(queue.row_params(  # the checks and defaults of queue.enqueue
                     row["actor"], row["args"], queue=row["queue"], eta=None, priority=row["priority"],
                     max_retries=row["max_retries"], time_limit=row["time_limit"],
                     retry_backoff=row["retry_backoff"], schedule_name=row["name"], schedule_tick=decision.tick,

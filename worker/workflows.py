@@ -105,7 +105,7 @@ def group(actor: str | registry.Actor, many_args: Iterable[Any], *, name: str = 
 
 
 def _spec(item: Call, settings: Settings) -> dict[str, Any]:
-    params = queue._row_params(item.actor, item.args, queue=item.queue, eta=None, priority=item.priority,
+    params = queue.row_params(item.actor, item.args, queue=item.queue, eta=None, priority=item.priority,
                                max_retries=item.max_retries, time_limit=item.time_limit,
                                retry_backoff=item.retry_backoff, schedule_name=None, schedule_tick=None,
                                object_ref=None, dedup_key=None, validate=False, settings=settings)
@@ -179,7 +179,7 @@ def spawn(actor: str | registry.Actor, many_args: Iterable[Any], *, conn: db.Con
         raise InvalidInput("spawn", "is called outside a running task",
                            "call it from an actor that is a step of a workflow, or use start(group(...))")
     settings = settings or _settings()
-    template = queue._row_params(actor, {}, queue=queue_name, eta=None, priority=priority, max_retries=max_retries,
+    template = queue.row_params(actor, {}, queue=queue_name, eta=None, priority=priority, max_retries=max_retries,
                                  time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=None,
                                  schedule_tick=None, object_ref=None, dedup_key=None, validate=False,
                                  settings=settings)
