@@ -12,10 +12,7 @@ Their bookkeeping statements are in `sql/database.sql`; `sql/schema.sql` is what
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -28,7 +25,6 @@ from psycopg_pool import ConnectionPool
 from . import queries
 from .settings import DatabaseSettings
 
-log = logging.getLogger(__name__)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -113,23 +109,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.first
-
-
-def keep_connected(database: DatabaseSettings, session: Callable[[Conn], None], stopping: threading.Event, *,
-                   application_name: str, what: str) -> None:
-    """Run `session` on a fresh connection until `stopping` is set: a lost connection is logged, waited out
-    with `Backoff`, and replaced. `session` returns only when it is done (stopping); what it does again after
-    a reconnection (re-LISTEN, timers) it does at its start."""
-    backoff = Backoff.for_database(database)
-    while not stopping.is_set():
-        try:
-            with connect(database, application_name=application_name) as conn:
-                backoff.reset()
-                session(conn)
-        except CONNECTION_ERRORS as exc:
-            delay = backoff.next()
-            log.warning("%s lost the database (%s); retrying in %.1fs", what, exc, delay)
-            stopping.wait(delay)
 
 
 def listen(channel: str) -> psycopg.sql.Composed:

@@ -73,24 +73,35 @@ class Housekeeper(threading.Thread):
     def run(self) -> None:
         if self.delivery is not None and not self.delivery.is_alive():
             self.delivery.start()
-        db.keep_connected(self.settings.database, self._session, self.stopping,
-                          application_name="kubetasks-housekeeping", what="housekeeping")
-
-    def _session(self, conn: db.Conn) -> None:
-        for job in self.jobs:  # after a reconnection, rescue waits a full interval again
-            if job.name == "rescue":
-                job.next_at = time.monotonic() + job.interval
+        conn: db.Conn | None = None
+        backoff = db.Backoff.for_database(self.settings.database)
         while not self.stopping.is_set():
-            now = time.monotonic()
-            for job in self.jobs:
-                if now >= job.next_at and not self.stopping.is_set():
-                    job.next_at = now + job.interval
-                    self._run_job(job, conn)
-                    if job.name == "scheduler":
-                        # Sleep until the next schedule is due rather than a whole interval: on time.
-                        job.next_at = min(job.next_at, time.monotonic() + self.firing.next_wait(conn))
-            wait = min(job.next_at for job in self.jobs) - time.monotonic()
-            self.stopping.wait(max(0.05, wait))
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.settings.database, application_name="kubetasks-housekeeping")
+                    for job in self.jobs:  # after a reconnection, rescue waits a full interval again
+                        if job.name == "rescue":
+                            job.next_at = time.monotonic() + job.interval
+                backoff.reset()
+                now = time.monotonic()
+                for job in self.jobs:
+                    if now >= job.next_at and not self.stopping.is_set():
+                        job.next_at = now + job.interval
+                        self._run_job(job, conn)
+                        if job.name == "scheduler":
+                            # Sleep until the next schedule is due rather than a whole interval: on time.
+                            job.next_at = min(job.next_at, time.monotonic() + self.firing.next_wait(conn))
+                wait = min(job.next_at for job in self.jobs) - time.monotonic()
+                self.stopping.wait(max(0.05, wait))
+            except db.CONNECTION_ERRORS as exc:
+                delay = backoff.next()
+                log.warning("housekeeping lost the database (%s); retrying in %.1fs", exc, delay)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopping.wait(delay)
+        if conn is not None:
+            conn.close()
 
     def _run_job(self, job: Job, conn: db.Conn) -> None:
         try:

@@ -297,29 +297,27 @@ class DeliveryService(threading.Thread):
         self.settings = settings
         self.stopping = threading.Event()
         self.delivered = 0
-        self.purged_at = 0.0  # monotonic time of the last purge of old delivered events
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
-        db.keep_connected(self.settings.database, self._session, self.stopping,
-                          application_name="kubetasks-notifications", what="notifications")
-
-    def _session(self, conn: db.Conn) -> None:
         config = self.settings.notifications
-        listening = False
+        conn: db.Conn | None = None
+        backoff_db = db.Backoff.for_database(self.settings.database)
+        purged_at = 0.0
         while not self.stopping.is_set():
             try:
-                if not listening:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.settings.database, application_name="kubetasks-notifications")
                     conn.execute(queries.get("notification_session"))
                     conn.execute(db.listen(protocol.NOTIFICATION_CHANNEL))
-                    listening = True
+                backoff_db.reset()
                 done = deliver_due(conn, config)
                 self.delivered += done.delivered
-                if time.monotonic() - self.purged_at > PURGE_INTERVAL:
+                if time.monotonic() - purged_at > PURGE_INTERVAL:
                     purge(conn, config)
-                    self.purged_at = time.monotonic()
+                    purged_at = time.monotonic()
                 if done.delivered + done.failed >= config.batch:
                     continue  # more may be due now
                 due = seconds_until_due(conn)
@@ -329,8 +327,15 @@ class DeliveryService(threading.Thread):
                 # Wake at the trigger's NOTIFY (a new event committed) or when the next retry is due.
                 for _ in conn.notifies(timeout=wait, stop_after=1):
                     pass
-            except db.CONNECTION_ERRORS:
-                raise  # keep_connected reconnects
+            except db.CONNECTION_ERRORS as exc:
+                delay = backoff_db.next()
+                log.warning("notifications lost the database (%s); retrying in %.1fs", exc, delay)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopping.wait(delay)
             except Exception:
                 log.exception("notification delivery failed")
                 self.stopping.wait(config.poll_interval.total_seconds())
+        if conn is not None:
+            conn.close()
