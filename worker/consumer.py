@@ -1,11 +1,13 @@
 """The consumer loop of one worker process: LISTEN, claim, hand to threads, record outcomes.
 
 One asyncio loop and two connections: `listen` only waits for notifications; `work` claims batches
-(one statement per wake-up, not one per thread), records outcomes in batches and holds the attempts'
-advisory locks. The loop scans on start-up, on every notification for its queues, and whenever
-`consumer_listen_timeout` passes without one (tasks whose notification was missed, retries now due,
-future-dated tasks). On a lost connection it reconnects with backoff, takes back the locks of the
-attempts still running, and then writes their outcomes.
+(one statement per wake-up, not one per thread), records outcomes in batches and holds the worker
+session's advisory lock, one for all attempts (tasks.session names the session that claimed them). The
+loop scans on start-up, on every notification for its queues, and whenever `consumer_listen_timeout`
+passes without one (tasks whose notification was missed, retries now due, future-dated tasks). On a
+lost connection it reconnects with backoff, takes back the session's lock if the attempts still running
+were not taken over meanwhile (else it starts a new session and drops them), and then writes their
+outcomes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Consumer:
         self._signalled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.work: AsyncConn | None = None
+        self.session: int | None = None  # the number whose lock `work` holds (tasks.session)
         self.listen: AsyncConn | None = None
         self.backlog = False
         self._durations: dict[str, Any] = {}  # the duration histogram's child per actor
@@ -137,7 +140,7 @@ class Consumer:
         self.listen = await db.connect_async(self.settings.database, application_name=name)
         for channel in (protocol.QUEUE_CHANNEL, protocol.CANCEL_CHANNEL):
             await self.listen.execute(db.listen(channel))
-        await self._relock()
+        await self._start_session()
         self.health.ready = True
         self.health.reason = "ok"
         self.wake.set()  # scan first: tasks may have been enqueued while nobody listened
@@ -149,14 +152,26 @@ class Consumer:
                     await conn.close()
         self.listen = self.work = None
 
-    async def _relock(self) -> None:
-        """Take back the locks of attempts that outlived a lost connection; give up the ones now owned elsewhere."""
+    async def _start_session(self) -> None:
+        """Hold a session lock on `work`: the previous session's when attempts claimed in it are still pending
+        (a reconnection) and it can be taken back, else a new one. Pending attempts no longer ours are dropped."""
+        assert self.work is not None
         pending = {job.task_id for job, _ in self.outcomes} | set(self.executor.inflight)
-        if not pending or self.work is None:
-            return
-        rows = await (await self.work.execute(queries.get("attempt_relock"),
-                                              {"ids": sorted(pending), "worker": self.name})).fetchall()
-        kept = {row["id"] for row in rows}
+        kept: set[int] = set()
+        resumed = False
+        if pending and self.session is not None:
+            row = await (await self.work.execute(queries.get("worker_session_resume"),
+                                                 {"session": self.session})).fetchone()
+            resumed = row is not None and bool(row["resumed"])
+        if resumed:
+            rows = await (await self.work.execute(queries.get("attempt_owned"), {
+                "ids": sorted(pending), "worker": self.name, "session": self.session})).fetchall()
+            kept = {row["id"] for row in rows}
+        else:
+            self.session = None
+            while self.session is None:  # no row only when the sequence wrapped onto a live session
+                row = await (await self.work.execute(queries.get("worker_session_start"))).fetchone()
+                self.session = None if row is None else int(row["session"])
         lost = pending - kept
         if lost:
             log.warning("attempts %s were taken over while the database was away; their outcomes are dropped",
@@ -164,7 +179,8 @@ class Consumer:
             self.outcomes = collections.deque((j, o) for j, o in self.outcomes if j.task_id not in lost)
             for task_id in lost:
                 self.executor.interrupt(task_id, Cancelled)
-            # interrupt() queued outcomes for them; they match no row of ours, which is what we want.
+            # interrupt() queued outcomes for them; written under the new session, they match no row (the
+            # rescuer retries those once the old session's lock is free), which is what we want.
 
     # -- the loop -----------------------------------------------------------------------------------
     async def _serve(self) -> None:
@@ -256,7 +272,8 @@ class Consumer:
         """Claimed rows as tuples in the order of Job's fields (no dict per row)."""
         assert self.work is not None
         cur = self.work.cursor(row_factory=tuple_row)
-        await cur.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name})
+        await cur.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name,
+                                                       "session": self.session})
         return await cur.fetchall()
 
     def _submit(self, rows: list[tuple[Any, ...]]) -> None:
@@ -297,7 +314,7 @@ class Consumer:
             await self._exchange(0)
 
     async def _write(self, outcomes: list[policies.Outcome]) -> None:
-        """Record outcomes: attempt rows only when they tell something, then one UPDATE (+ unlock) for all."""
+        """Record outcomes: attempt rows only when they tell something, then one UPDATE for all."""
         assert self.work is not None
         async with self.work.transaction():
             recorded = [o for o in outcomes if o.worth_recording]
@@ -311,7 +328,7 @@ class Consumer:
                 "ids": [o.task_id for o in outcomes], "states": [o.state for o in outcomes],
                 "reasons": [o.reason for o in outcomes], "results": [o.result for o in outcomes],
                 "errors": [o.error for o in outcomes], "etas": [o.eta for o in outcomes],
-                "worker": self.name})
+                "worker": self.name, "session": self.session})
 
     async def _drain(self, timeout: float = 25.0) -> None:
         """On shutdown: stop claiming, let attempts in flight finish (within `timeout`), record everything.

@@ -60,10 +60,17 @@ def decode_cancel(payload: str) -> int | None:
 # -- Advisory locks ----------------------------------------------------------------------------------------
 # Advisory lock classes: each is one kind of lock, so `pg_locks` reads by class (classid for two-key locks).
 MIGRATION_LOCK: Final = 7010  # the one-key lock (bigint 7010) a session holds while `migrate` runs
-ATTEMPT_LOCK: Final = 7011  # held (session-level) by the worker running an attempt; key = id's low 31 bits
+# Held (session-level) per attempt by workers before schema 6; key = the task id's low 31 bits. Still checked by
+# the rescuer (transaction-level), so attempts of such workers are not taken from them during an upgrade.
+ATTEMPT_LOCK: Final = 7011
 OPERATOR_LOCK: Final = 7012  # held (transaction-level) by the operator around "find a row, insert if missing"
+# Held (session-level) by a worker's claiming connection for as long as it lives; key = the worker session's
+# number (sequence kubetasks.worker_sessions), which every task it claims records in tasks.session. One lock
+# per worker, however many attempts it runs: the rescuer asks "is this session's lock held".
+WORKER_LOCK: Final = 7013
 # The names the SQL files use for them, replaced by the query loader (`{lock:attempt}` → 7011).
-SQL_LOCK_CLASSES: Final = {"migration": MIGRATION_LOCK, "attempt": ATTEMPT_LOCK, "operator": OPERATOR_LOCK}
+SQL_LOCK_CLASSES: Final = {"migration": MIGRATION_LOCK, "attempt": ATTEMPT_LOCK, "operator": OPERATOR_LOCK,
+                           "worker": WORKER_LOCK}
 
 
 def attempt_lock_key(task_id: int) -> int:

@@ -28,6 +28,9 @@ def parse(text: str) -> dict[str, LiteralString]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
+        if not body.strip().rstrip(";").strip():
+            # Also what a comment line shaped like a header ("-- word: ...") inside a block leads to.
+            raise ValueError(f"query {name!r} is empty")
         # Still a literal in spirit: the text is a file we ship, the substitutions constants of ours.
         queries[name] = _LOCK_CLASS.sub(_lock_class, body.strip().rstrip(";"))
     return queries

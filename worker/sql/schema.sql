@@ -71,7 +71,7 @@ CREATE TABLE kubetasks.tasks (
     attempt_started_at timestamptz,
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- The columns below came with 0003, 0004 and 0005, hence their place at the end.
+    -- The columns below came with 0003, 0004, 0005 and 0006, hence their place at the end.
     -- A free-text description given when a task is created from the dashboard's task manager.
     description text CHECK (length(description) <= 1000),
     -- Notification rules (a JSON array, 0004), copied at enqueue time; NULL for the many tasks without any.
@@ -79,6 +79,10 @@ CREATE TABLE kubetasks.tasks (
     -- The workflow (parent task) this task is a child of, and its step there (0005_workflows.sql).
     parent_id bigint REFERENCES kubetasks.tasks (id) ON DELETE CASCADE,
     step integer CHECK (step >= 0),
+    -- The worker session (kubetasks.worker_sessions, 0006) that claimed the current attempt: its holder keeps
+    -- the advisory lock (7013 = protocol.WORKER_LOCK, session) while alive. NULL between attempts, and for
+    -- attempts of workers before 0006, which hold a per-attempt lock (7011) instead.
+    session integer,
     CONSTRAINT tasks_step_with_parent CHECK ((parent_id IS NULL) = (step IS NULL)),
     CONSTRAINT tasks_worker_only_while_running CHECK (worker IS NULL OR state = 'running'),
     CONSTRAINT tasks_finished_iff_final CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
@@ -543,6 +547,25 @@ CREATE TRIGGER tasks_notification_enqueue AFTER UPDATE ON kubetasks.tasks
     FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state)
     EXECUTE FUNCTION kubetasks.notification_enqueue();
 
+-- From 0006: the numbers of worker sessions (see tasks.session).
+CREATE SEQUENCE kubetasks.worker_sessions AS integer CYCLE;
+
+-- Workers before 0006 rescue by the per-attempt lock alone, so during a rolling upgrade they would take the
+-- tasks of live workers: their rescue update is skipped while the task's session lock is held. (The current
+-- rescuer clears the session in the same update, so this never fires for it.)
+CREATE FUNCTION kubetasks.tasks_rescue_guard() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_try_advisory_xact_lock(7013, OLD.session) THEN
+        RETURN NEW;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER tasks_rescue_guard BEFORE UPDATE ON kubetasks.tasks
+    FOR EACH ROW WHEN (NEW.reason = 'WorkerLost' AND OLD.session IS NOT NULL AND NEW.session IS NOT NULL)
+    EXECUTE FUNCTION kubetasks.tasks_rescue_guard();
+
 -- Migration bookkeeping (made by `kubetasks migrate` itself, see sql/database.sql): one row per applied file.
 CREATE TABLE kubetasks.schema_migrations (
     version integer PRIMARY KEY,
@@ -554,4 +577,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (2, '0002_schedule_limits.sql'),
     (3, '0003_dashboard.sql'),
     (4, '0004_notifications.sql'),
-    (5, '0005_workflows.sql');
+    (5, '0005_workflows.sql'),
+    (6, '0006_worker_sessions.sql');

@@ -1,5 +1,7 @@
 -- Queries on kubetasks.tasks, one named block each: "-- name: why".
--- Advisory locks use the two-key form: class {lock:attempt} (protocol.ATTEMPT_LOCK), key = id's low 31 bits.
+-- Advisory locks use the two-key form: {lock:worker} (protocol.WORKER_LOCK), key = the worker session's number,
+-- held by a worker's claiming connection while it lives; {lock:attempt} (protocol.ATTEMPT_LOCK), key = the task
+-- id's low 31 bits, held per attempt by workers before schema 6.
 
 -- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
 WITH inserted AS (
@@ -22,9 +24,10 @@ COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit) FRO
 -- task_get: one task by id.
 SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
 
--- task_claim: lock up to `limit` runnable tasks of one queue for this worker, highest priority and oldest first.
--- Row locks (SKIP LOCKED) keep claimers apart; the session advisory lock then marks the attempt as alive
--- for as long as this connection lives, which is how a dead worker's tasks are recognised.
+-- task_claim: take up to `limit` runnable tasks of one queue for this worker, highest priority and oldest first.
+-- Row locks (SKIP LOCKED) keep claimers apart. Run only on the connection holding the session's {lock:worker}:
+-- the session number written here is what marks the attempts alive for as long as that connection lives,
+-- which is how a dead worker's tasks are recognised (one lock per worker, none per task).
 -- The columns come in the order of the worker's Job fields (it reads them as tuples).
 WITH candidates AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks
@@ -32,41 +35,37 @@ WITH candidates AS MATERIALIZED (
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), locked AS MATERIALIZED (
-    SELECT id FROM candidates WHERE pg_try_advisory_lock({lock:attempt}, (id & 2147483647)::int)
 )
 UPDATE kubetasks.tasks t
-SET state = 'running', reason = 'Running', worker = %(worker)s, attempts = t.attempts + 1,
+SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s, attempts = t.attempts + 1,
     started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
-FROM locked WHERE t.id = locked.id
+FROM candidates WHERE t.id = candidates.id
 RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff;
 
--- task_finish_many: record the outcome of many attempts of this worker, then release their advisory locks.
+-- task_finish_many: record the outcome of many attempts of this worker, only those it still owns in this
+-- session (an attempt given up after a reconnection may still name the old one until a rescuer takes it).
 -- A state of 'running' means "retry at eta": the task stays running, without a worker, until then.
--- The uncorrelated sub-select is a one-time filter evaluated before the first unlock, so every row is
--- updated and row-locked before any lock is released: a rescuer never sees an attempt without its lock
--- while its outcome is being written.
-WITH finished AS (
-    UPDATE kubetasks.tasks t
-    SET state = o.state, reason = o.reason, result = o.result, error = o.error, worker = NULL,
-        eta = coalesce(o.eta, t.eta), updated_at = now(),
-        finished_at = CASE WHEN o.state IN ('queued', 'running') THEN NULL ELSE now() END
-    FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
-                %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
-         AS o(id, state, reason, result, error, eta)
-    WHERE t.id = o.id AND t.worker = %(worker)s
-    RETURNING t.id
-)
-SELECT count(*) FILTER (WHERE pg_advisory_unlock({lock:attempt}, (id & 2147483647)::int)) AS released
-FROM unnest(%(ids)s::bigint[]) AS id
-WHERE (SELECT count(*) FROM finished) >= 0;
+UPDATE kubetasks.tasks t
+SET state = o.state, reason = o.reason, result = o.result, error = o.error, worker = NULL, session = NULL,
+    eta = coalesce(o.eta, t.eta), updated_at = now(),
+    finished_at = CASE WHEN o.state IN ('queued', 'running') THEN NULL ELSE now() END
+FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
+            %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
+     AS o(id, state, reason, result, error, eta)
+WHERE t.id = o.id AND t.worker = %(worker)s AND t.session = %(session)s;
 
--- attempt_relock: after a reconnection, take back the advisory locks of attempts still in flight here;
--- returns those this worker still owns (a rescuer or another worker may have taken the rest).
-WITH mine AS MATERIALIZED (
-    SELECT id FROM kubetasks.tasks WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s
-)
-SELECT id FROM mine WHERE pg_try_advisory_lock({lock:attempt}, (id & 2147483647)::int);
+-- worker_session_start: draw a session number and take its lock on this connection; no row when the number
+-- is held (only after the sequence wrapped around onto a live session): draw again.
+SELECT session FROM nextval('kubetasks.worker_sessions') AS n(session)
+WHERE pg_try_advisory_lock({lock:worker}, session::int);
+
+-- worker_session_resume: after a reconnection, take back the lock of the session the attempts in flight were
+-- claimed in; false while a rescuer holds it (it is taking them back) or the old connection still lives.
+SELECT pg_try_advisory_lock({lock:worker}, %(session)s) AS resumed;
+
+-- attempt_owned: of the attempts in flight here, those still this session's (a rescuer may have taken the rest).
+SELECT id FROM kubetasks.tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s AND session = %(session)s;
 
 -- attempt_insert_many: keep the log and error of finished attempts that have something to tell.
 INSERT INTO kubetasks.task_attempts (task_id, attempt, state, reason, worker, started_at, error, log)
@@ -77,23 +76,30 @@ ON CONFLICT (task_id, attempt) DO UPDATE
 SET state = EXCLUDED.state, reason = EXCLUDED.reason, error = EXCLUDED.error, log = EXCLUDED.log,
     finished_at = EXCLUDED.finished_at;
 
--- task_rescue: running tasks whose worker no longer holds the advisory lock (process killed, connection lost):
--- retry them after a backoff while retries remain, else fail them. The transaction-level lock taken here
--- proves nobody holds the session lock, and keeps claimers away until commit.
-WITH suspects AS MATERIALIZED (
+-- task_rescue: running tasks whose worker session no longer holds its lock (process killed, connection lost):
+-- retry them after a backoff while retries remain, else fail them. The transaction-level lock taken on each
+-- dead session proves nobody holds it, and keeps its worker from resuming it until commit. Attempts of workers
+-- before schema 6 (no session) are judged by their per-attempt lock, and every attempt's lock is tried too, so
+-- an attempt an older worker claimed on a row still naming a dead session is not taken from it.
+WITH sessions AS MATERIALIZED (
+    SELECT DISTINCT session FROM kubetasks.tasks
+    WHERE worker IS NOT NULL AND session IS NOT NULL
+), dead AS MATERIALIZED (
+    SELECT session FROM sessions WHERE pg_try_advisory_xact_lock({lock:worker}, session)
+), suspects AS MATERIALIZED (
     SELECT t.id FROM kubetasks.tasks t
     WHERE t.worker IS NOT NULL AND t.attempt_started_at < now() - make_interval(secs => %(grace)s)
-      AND NOT EXISTS (
-        SELECT FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.classid = {lock:attempt} AND l.objsubid = 2
-          AND l.objid::bigint = (t.id & 2147483647))
+      AND (t.session IN (SELECT session FROM dead) OR (t.session IS NULL AND NOT EXISTS (
+            SELECT FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.classid = {lock:attempt} AND l.objsubid = 2
+              AND l.objid::bigint = (t.id & 2147483647))))
     ORDER BY t.id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), lost AS MATERIALIZED (
     SELECT id FROM suspects WHERE pg_try_advisory_xact_lock({lock:attempt}, (id & 2147483647)::int)
 ), rescued AS (
     UPDATE kubetasks.tasks t
-    SET worker = NULL, reason = 'WorkerLost', updated_at = now(),
+    SET worker = NULL, session = NULL, reason = 'WorkerLost', updated_at = now(),
         error = 'worker ' || t.worker || ' was lost during attempt ' || t.attempts,
         state = CASE WHEN t.attempts <= t.max_retries THEN 'running' ELSE 'error' END::kubetasks.task_state,
         finished_at = CASE WHEN t.attempts <= t.max_retries THEN NULL ELSE now() END,
