@@ -25,7 +25,14 @@ class OperatorSettings(BaseSettings):
                     "(the safety net for notifications lost while the LISTEN connection was down).")
     schedule_sync_interval: Duration = Field(
         timedelta(seconds=10),
-        description="How often each Schedule's status, TaskRuns and history pruning are reconciled.")
+        description="How often the schedules' rows are compared with the last look, and the Schedules whose "
+                    "row changed get their status, TaskRuns and history pruning reconciled (runs and their "
+                    "state changes are reconciled at once, from notifications).")
+    schedule_full_resync_interval: Duration = Field(
+        timedelta(minutes=10),
+        description="Every Schedule is reconciled at least this often even if nothing in the database "
+                    "changed (a TaskRun deleted by hand comes back), spread evenly over the interval so the "
+                    "API server sees a steady trickle, not a burst.")
     notify_batch_delay: Duration = Field(
         timedelta(milliseconds=50),
         description="Notifications arriving within this delay are handled together (one query per burst).")

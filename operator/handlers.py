@@ -5,8 +5,8 @@ Run it with `kopf run -m kubetasks.operator.handlers --all-namespaces` (add `--l
 http://0.0.0.0:8080/healthz` for probes). The database URL and actor modules come from the worker's
 settings (`KUBETASKS_DATABASE__URL`, `KUBETASKS_WORKER__MODULES`), the rest from `KUBETASKS_OPERATOR__*`.
 Both are read once, in the startup handler, and travel in the `Runtime` kept in Kopf's memo; importing
-this module reads nothing. That is why a Schedule's periodic sync is a daemon rather than a Kopf timer:
-a timer's interval is fixed when the decorator runs, at import, before any setting is read.
+this module reads nothing. Schedules have no per-object timer: the listener and one sweep thread (see
+`sweep`) sync those whose rows changed, so an idle Schedule costs the API server nothing.
 
 Kopf keeps its handler progress in `status.kopf` rather than annotations, so the operator writes only
 `.status` and its finalizer (`kubetasks.dev/finalizer`) on the objects users own. Kopf peering is not used:
@@ -16,7 +16,6 @@ create a second task or run; it only duplicates work and, at worst, an Event.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -24,7 +23,7 @@ import kopf
 
 from kubetasks.worker.settings import Settings
 
-from . import autoscaler, config, firing, listener, resources, scaling, schedules, taskruns
+from . import autoscaler, config, firing, listener, resources, scaling, schedules, sweep, taskruns
 from .runtime import Runtime
 
 FINALIZER = f"{resources.GROUP}/finalizer"
@@ -49,6 +48,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     rt = Runtime.create(Settings(), config.OperatorSettings())
     memo["runtime"] = rt
     rt.start_thread(listener.Listener(rt))
+    rt.start_thread(sweep.ScheduleSweep(rt))  # Schedules whose row changed; no per-Schedule timer
     if rt.operator.run_scheduler:
         rt.start_thread(firing.Firing(rt))
 
@@ -74,17 +74,6 @@ def schedule_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def schedule_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     schedules.forget(_rt(memo), body)
 
-
-@kopf.daemon(*_SCHEDULES, initial_delay=1.0, cancellation_timeout=5.0)
-async def schedule_sync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Every `schedule_sync_interval`, like a timer; async, so many Schedules hold no thread between syncs."""
-    rt = _rt(memo)
-    while True:
-        try:
-            await asyncio.to_thread(schedules.sync, rt, namespace or "", name)
-        except Exception as exc:  # sync again on the next pass; the cause is in the log
-            logger.exception(f"schedule sync failed: {exc}")
-        await asyncio.sleep(rt.operator.schedule_sync_interval.total_seconds())
 
 
 # -- TaskRun ----------------------------------------------------------------------------------------------

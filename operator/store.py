@@ -179,6 +179,12 @@ def schedule_runs(conn: Conn, namespace: str, name: str, keep_successful: int, k
     return ScheduleRuns(row=row, kept=kept, newest=latest.get("newest"), finished=latest.get("finished"))
 
 
+def schedule_marks(conn: Conn) -> dict[str, tuple[Any, ...]]:
+    """{"<namespace>/<name>": what its status is made of} for every operator-managed schedule."""
+    return {row["name"]: (row["next_run"], row["last_run"], row["last_success"], row["paused"], row["updated_at"])
+            for row in conn.execute(query("schedule_marks"))}
+
+
 # -- Reading back -----------------------------------------------------------------------------------------
 
 

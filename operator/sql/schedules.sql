@@ -45,3 +45,9 @@ SELECT
         SELECT id, state::text AS state, reason, error FROM kubetasks.tasks
         WHERE schedule_name = %(name)s AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1) x)
         AS finished;
+
+-- schedule_marks: the columns of every operator-managed schedule's row that its status is made of; the sweep
+-- compares them between passes to find the Schedules whose status may have changed without a run saying so
+-- (a tick skipped, a pause from the CLI, a row stored by another replica).
+SELECT name, next_run, last_run, last_success, paused, updated_at
+FROM kubetasks.schedules WHERE source = 'operator';

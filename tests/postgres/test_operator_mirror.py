@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from waiting import wait_for
 
-from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, taskruns
+from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, sweep, taskruns
 from kubetasks.operator.runtime import Runtime
 from kubetasks.worker import db, queue
 from kubetasks.worker.registry import actor
@@ -163,6 +163,37 @@ def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.
     finish(conn, runs[2].id)
     schedules.sync(rt, "ns", "nightly")
     assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [f"nightly-{runs[2].id}"]
+
+
+def test_the_sweep_syncs_schedules_whose_row_changed_and_each_one_in_turn(
+        rt: Runtime, conn: db.Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = fake(rt)
+    for i in range(25):
+        schedules.reconcile(rt, kube.put(resources.SCHEDULE, {"metadata": {"name": f"s{i:02}"}, "spec": {
+            "actor": "optest.mirror", "schedule": "0 3 1 1 *"}}))
+    # Each Schedule synced once per 10 passes: a slice of ceil(25 / 10) = 3 per pass, in turn.
+    rt.operator = rt.operator.model_copy(update={"schedule_sync_interval": timedelta(seconds=1),
+                                                 "schedule_full_resync_interval": timedelta(seconds=10)})
+    synced: list[str] = []
+    real_sync = schedules.sync
+
+    def sync(runtime: Runtime, namespace: str, name: str) -> None:
+        synced.append(name)
+        if name == "s05":
+            raise RuntimeError("the API server refused")  # one failure does not stop the pass
+        real_sync(runtime, namespace, name)
+
+    monkeypatch.setattr(sweep.schedules, "sync", sync)
+    passes = sweep.ScheduleSweep(rt)
+    assert passes.sweep() == []  # the first look only records the rows (Kopf's resume synced them all)
+    assert passes.sweep() == ["ns/s00", "ns/s01", "ns/s02"]
+    conn.execute("UPDATE kubetasks.schedules SET next_run = '2031-01-01T03:00:00Z' WHERE name = 'ns/s20'")
+    assert passes.sweep() == ["ns/s20", "ns/s03", "ns/s04", "ns/s05"]
+    assert kube.objects[("schedules", "ns", "s20")]["status"]["nextScheduleTime"] == "2031-01-01T03:00:00Z"
+    for _ in range(7):
+        passes.sweep()
+    assert set(synced) == {f"s{i:02}" for i in range(25)}
+    assert passes.synced == len(synced) - synced.count("s05")
 
 
 def test_an_invalid_schedule_is_refused_once(rt: Runtime, conn: db.Conn) -> None:

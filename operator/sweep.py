@@ -1,0 +1,76 @@
+"""Schedules kept in step without polling each one: one thread, one cheap pass per interval.
+
+A run and its state changes reach its Schedule through the listener, which syncs every Schedule a notified
+row belongs to. What no task row announces shows in the schedule's own row: a tick skipped (next_run moves
+on), a pause or resume from the CLI, a spec stored by another replica. Each pass reads those columns of every
+operator-managed row in one query and syncs only the Schedules whose row differs from the last pass, so an
+idle cluster costs the API server nothing however many Schedules it holds. As a safety net for changes made
+behind the operator's back (a TaskRun deleted by hand), every pass also syncs the next slice of all
+Schedules in turn, sized so each is synced once per `schedule_full_resync_interval`.
+
+Start-up needs no pass of its own: Kopf's resume handlers reconcile every Schedule then; the first pass only
+records what the rows hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+from . import schedules, store
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ScheduleSweep(threading.Thread):
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(name="kubetasks-schedule-sweep", daemon=True)
+        self.rt = rt
+        self.stopping = threading.Event()
+        self.seen: dict[str, tuple[object, ...]] | None = None
+        self.cursor = 0  # where the next slice of the round-robin resync starts
+        self.synced = 0  # Schedules synced, for tests and logs
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        interval = self.rt.operator.schedule_sync_interval.total_seconds()
+        while True:
+            try:
+                self.sweep()
+            except Exception:  # the database or the API server is away: the next pass catches up
+                log.exception("schedule sweep failed")
+            if self.stopping.wait(interval):
+                return
+
+    def sweep(self) -> list[str]:
+        """One pass; returns the names ("<namespace>/<name>") synced."""
+        with self.rt.connection() as conn:
+            marks = store.schedule_marks(conn)
+        seen, self.seen = self.seen, marks
+        if seen is None:
+            return []
+        due = [name for name, mark in marks.items() if seen.get(name) != mark]
+        due += self._slice(sorted(marks), set(due))
+        for key in due:
+            namespace, _, name = key.partition("/")
+            try:
+                schedules.sync(self.rt, namespace, name)
+                self.synced += 1
+            except Exception:
+                log.exception("could not sync Schedule %s", key)
+        return due
+
+    def _slice(self, names: list[str], taken: set[str]) -> list[str]:
+        if not names:
+            return []
+        operator = self.rt.operator
+        share = operator.schedule_sync_interval / operator.schedule_full_resync_interval
+        size = min(len(names), math.ceil(len(names) * share))
+        start = self.cursor % len(names)
+        self.cursor = start + size
+        picked = (names + names)[start:start + size]
+        return [name for name in picked if name not in taken]
