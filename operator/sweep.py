@@ -3,10 +3,11 @@
 A run and its state changes reach its Schedule through the listener, which syncs every Schedule a notified
 row belongs to. What no task row announces shows in the schedule's own row: a tick skipped (next_run moves
 on), a pause or resume from the CLI, a spec stored by another replica. Each pass reads those columns of every
-operator-managed row in one query and syncs only the Schedules whose row differs from the last pass, so an
-idle cluster costs the API server nothing however many Schedules it holds. As a safety net for changes made
-behind the operator's back (a TaskRun deleted by hand), every pass also syncs the next slice of all
-Schedules in turn, sized so each is synced once per `schedule_full_resync_interval`.
+operator-managed row in one query and syncs only the Schedules whose row differs from the last pass (a new
+row was just synced by the Kopf handler that stored it), so an idle cluster costs the API server nothing
+however many Schedules it holds. As a safety net for changes made behind the operator's back (a TaskRun
+deleted by hand), every pass also syncs the next slice of all Schedules in turn, sized so each is synced
+once per `schedule_full_resync_interval`.
 
 Start-up needs no pass of its own: Kopf's resume handlers reconcile every Schedule then; the first pass only
 records what the rows hold.
@@ -53,7 +54,8 @@ class ScheduleSweep(threading.Thread):
         seen, self.seen = self.seen, marks
         if seen is None:
             return []
-        due = [name for name, mark in marks.items() if seen.get(name) != mark]
+        # A name new since the last pass was just stored by a Kopf handler, which synced it then.
+        due = [name for name, mark in marks.items() if name in seen and seen[name] != mark]
         due += self._slice(sorted(marks), set(due))
         for key in due:
             namespace, _, name = key.partition("/")
