@@ -71,7 +71,7 @@ CREATE TABLE kubetasks.tasks (
     attempt_started_at timestamptz,
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- The columns below came with 0003, 0004 and 0005, hence their place at the end.
+    -- The columns below came with 0003, 0004, 0005 and 0009, hence their place at the end.
     -- A free-text description given when a task is created from the dashboard's task manager.
     description text CHECK (length(description) <= 1000),
     -- Notification rules (a JSON array, 0004), copied at enqueue time; NULL for the many tasks without any.
@@ -79,6 +79,8 @@ CREATE TABLE kubetasks.tasks (
     -- The workflow (parent task) this task is a child of, and its step there (0005_workflows.sql).
     parent_id bigint REFERENCES kubetasks.tasks (id) ON DELETE CASCADE,
     step integer CHECK (step >= 0),
+    -- The W3C traceparent of the enqueue's span (0009), so the attempts join its trace; NULL when untraced.
+    traceparent text CHECK (traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'),
     CONSTRAINT tasks_step_with_parent CHECK ((parent_id IS NULL) = (step IS NULL)),
     CONSTRAINT tasks_worker_only_while_running CHECK (worker IS NULL OR state = 'running'),
     CONSTRAINT tasks_finished_iff_final CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
@@ -554,4 +556,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (2, '0002_schedule_limits.sql'),
     (3, '0003_dashboard.sql'),
     (4, '0004_notifications.sql'),
-    (5, '0005_workflows.sql');
+    (5, '0005_workflows.sql'),
+    (9, '0009_trace_context.sql');
