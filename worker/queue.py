@@ -176,7 +176,7 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
                          settings=settings)
     params["args"] = Jsonb(json.loads(params["args"]))
-    rules = notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
+    rules = task_rules(actor, notify)
     params["notify"] = Jsonb(rules) if rules is not None else None
     traced = tracing.get(settings)
     if traced is None:
@@ -198,6 +198,12 @@ def _insert(conn: Conn, params: dict[str, Any]) -> Task:
     raise RuntimeError(f"could not insert or find the task with dedup key {params['dedup_key']!r}")
 
 
+def task_rules(actor: str | registry.Actor,
+               notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A task's notification rules as stored: those given, else its actor's; None when there are none."""
+    return notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
+
+
 def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRule]:
     declared = actor if isinstance(actor, registry.Actor) else registry.find(actor)
     return list(declared.notify) if declared is not None else []
@@ -206,30 +212,34 @@ def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRu
 def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[Any], *,
                  queue: str | None = None, priority: int | None = None, max_retries: int | None = None,
                  time_limit: float | None = None, validate: bool = True,
-                 settings: Settings | None = None) -> int:
-    """Bulk enqueue with COPY (no dedup keys, no eta); one notification per queue. Returns the count."""
+                 settings: Settings | None = None,
+                 notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> int:
+    """Bulk enqueue with COPY (no dedup keys, no eta); one wake-up per queue. Returns the count.
+    `notify`: notification rules of every task (else the actor's), as with `enqueue`."""
     settings = settings or get_settings()
     template = row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
                            time_limit=time_limit, retry_backoff=None, schedule_name=None, schedule_tick=None,
                            object_ref=None,
                            dedup_key=None, validate=validate, settings=settings)
+    rules = task_rules(actor, notify)
+    rules_text = json.dumps(rules, separators=(",", ":")) if rules is not None else None  # COPY takes text
     traced = tracing.get(settings)
     if traced is None:
-        return _copy_in(conn, template, many_args, None, settings.worker.args_max_bytes)
+        return _copy_in(conn, template, many_args, rules_text, None, settings.worker.args_max_bytes)
     with traced.enqueue(template["actor"], template["queue"]) as span:
-        count = _copy_in(conn, template, many_args, span.traceparent, settings.worker.args_max_bytes)
+        count = _copy_in(conn, template, many_args, rules_text, span.traceparent, settings.worker.args_max_bytes)
         span.counted(count)
     return count
 
 
-def _copy_in(conn: Conn, template: dict[str, Any], many_args: Iterable[Any], traceparent: str | None,
-             limit: int) -> int:
+def _copy_in(conn: Conn, template: dict[str, Any], many_args: Iterable[Any], rules: str | None,
+             traceparent: str | None, limit: int) -> int:
     count = 0
     with conn.cursor().copy(queries.get("task_copy_in")) as copy:
         for index, args in enumerate(many_args):  # in the column order of task_copy_in
             text = encode_args(args, limit, field=f"args[{index}]")
             copy.write_row((template["queue"], template["actor"], text, template["priority"],
-                            template["max_retries"], template["time_limit"], traceparent))
+                            template["max_retries"], template["time_limit"], rules, traceparent))
             count += 1
     return count
 

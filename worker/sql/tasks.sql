@@ -17,7 +17,7 @@ SELECT *, false AS created FROM kubetasks.tasks
 WHERE dedup_key = %(dedup_key)s AND state IN ('queued', 'running') AND NOT EXISTS (SELECT FROM inserted);
 
 -- task_copy_in: bulk enqueue (enqueue_many) by COPY; rows are written in exactly this column order.
-COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit, traceparent) FROM STDIN;
+COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit, notify, traceparent) FROM STDIN;
 
 -- task_get: one task by id.
 SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
