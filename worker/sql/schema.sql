@@ -541,8 +541,16 @@ BEGIN
 END
 $$;
 
+-- Queued only for an outcome one of the task's rules may announce, or a Schedule's run (its failure streak), so
+-- the claim and outcomes no rule names call no PL/pgSQL (0009).
 CREATE TRIGGER tasks_notification_enqueue AFTER UPDATE ON kubetasks.tasks
-    FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state)
+    FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state AND CASE NEW.state
+        WHEN 'successful' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["succeeded"]}]'
+        WHEN 'warning' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["warning"]}]'
+        WHEN 'error' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["failed"]}]'
+                          OR NEW.notify @> '[{"events": ["retriesExhausted"]}]'
+        WHEN 'cancelled' THEN NEW.notify @> '[{"events": ["cancelled"]}]'
+        ELSE false END)
     EXECUTE FUNCTION kubetasks.notification_enqueue();
 
 -- Migration bookkeeping (made by `kubetasks migrate` itself, see sql/database.sql): one row per applied file.
