@@ -67,7 +67,9 @@ class Receiver:
 
 
 def start_worker(dsn: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    environ = {**os.environ, "PYTHONPATH": str(import_root()), "KUBETASKS_DATABASE__URL": dsn,
+    # A PYTHONPATH given to the bench comes first: bench/profile.py --baseline style, another checkout's worker.
+    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(import_root())) if p)
+    environ = {**os.environ, "PYTHONPATH": pythonpath, "KUBETASKS_DATABASE__URL": dsn,
                "KUBETASKS_WORKER__MODULES": json.dumps(["bench.tasks_kubetasks"]),
                "KUBETASKS_WORKER__METRICS_PORT": "0", **env}
     return subprocess.Popen(WORKER, env=environ, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
