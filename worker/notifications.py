@@ -27,6 +27,7 @@ import http.client
 import json
 import logging
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -211,11 +212,18 @@ class Connections:
     def _open(self, key: Receiver) -> http.client.HTTPConnection:
         scheme, host, port = key
         timeout = self.settings.timeout.total_seconds()
+        conn: http.client.HTTPConnection
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.connect()
+        # http.client writes the headers and the body in two sends: without NODELAY (as urllib3 sets it), Nagle's
+        # algorithm may hold the body back on a kept connection until the receiver's delayed ACK of the headers.
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
 
     def post(self, url: str, content: bytes, headers: dict[str, str]) -> int:
         """POST over a kept connection to the URL's receiver; the HTTP status."""
