@@ -32,3 +32,12 @@ def as_json(span: ReadableSpan) -> dict[str, Any]:
 @actor(name="t.spans")
 def spans() -> list[dict[str, Any]]:
     return [as_json(span) for span in exporter.get_finished_spans()]
+
+
+@actor(name="t.enqueue_child")
+def enqueue_child() -> int:
+    """Enqueues a t.noop from inside its attempt: the child's enqueue span nests under this attempt's span."""
+    from kubetasks.worker import db, queue, settings
+
+    with db.connect(settings.get_settings().database) as conn:
+        return queue.enqueue(conn, "t.noop", {}, validate=False).id

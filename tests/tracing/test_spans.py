@@ -135,3 +135,19 @@ def test_an_attempt_stopped_at_its_time_limit_ends_its_span_with_the_timeout(
     assert (run["attributes"]["kubetasks.state"], run["attributes"]["kubetasks.reason"], run["status"]) == (
         "error", "TimedOut", "ERROR")
     assert run["description"] == "time limit of 1s exceeded"
+
+
+def test_a_task_enqueued_by_a_running_task_stays_in_its_trace(
+        conn: db.Conn, traced: Settings, exporter: InMemorySpanExporter, start_worker: Start) -> None:
+    parent = queue.enqueue(conn, "t.enqueue_child", {}, validate=False)
+    trace_id, _ = ids(only(list(exporter.get_finished_spans()), "enqueue t.enqueue_child"))
+    start_worker()
+    done = wait_for(lambda: finished(conn, parent.id), timeout=30, what="the parent")
+    assert done.state == "successful", done.error
+    wait_for(lambda: finished(conn, int(done.result)), timeout=30, what="the child")
+    spans = {s["name"]: s for s in worker_spans(conn)}
+    run_parent, enqueue_child, run_child = (spans["run t.enqueue_child"], spans["enqueue t.noop"],
+                                            spans["run t.noop"])
+    assert enqueue_child["parent_id"] == run_parent["span_id"]  # enqueued while the parent's span was current
+    assert run_child["parent_id"] == enqueue_child["span_id"]
+    assert {run_parent["trace_id"], enqueue_child["trace_id"], run_child["trace_id"]} == {trace_id}
