@@ -36,11 +36,12 @@ def exporter(_provider: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def traced(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def traced(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Tracing on, here and in the workers started after (they inherit the environment)."""
     monkeypatch.setenv("KUBETASKS_TRACING__ENABLED", "true")
     get_settings.cache_clear()
-    return get_settings()
+    yield get_settings()
+    get_settings.cache_clear()  # no later test may see these settings
 
 
 @pytest.fixture
