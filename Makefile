@@ -11,7 +11,7 @@ DEMO_SECONDS ?= 25
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[operator,dashboard,test]'
+	$(BIN)/pip install -q -e '.[operator,dashboard,tracing,test]'
 	touch $(STAMP)
 
 # PostgreSQL: Debian's package when we are root and it is missing; the `pgserver` wheel otherwise.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import context, policies, registry
+from . import context, policies, registry, tracing
 from .context import Interrupted, TaskContext, TimeLimitExceeded
 from .errors import InvalidInput
 
@@ -85,6 +85,7 @@ class Job:
     time_limit: float
     started_at: datetime
     retry_backoff: float | None = None  # the task's own first retry delay, if it has one
+    trace: str | None = None  # '<queue> <traceparent>' of a task enqueued with tracing on (spans.split_trace)
     ctx: TaskContext = field(init=False)
     done: bool = False  # an outcome was handed over; later ones are dropped
     deadline: float | None = None  # monotonic time the time limit ends, set when execution starts
@@ -95,6 +96,7 @@ class Job:
 
 
 OutcomeSink = Callable[[Job, policies.Outcome], None]
+Execute = Callable[["TaskThread", Job], None]
 
 
 class TaskThread(threading.Thread):
@@ -123,6 +125,11 @@ class Executor:
         self.size = threads
         self.settings = settings  # handed to each task's context
         self.sink = sink
+        self.execute: Execute = self._execute
+        traced = tracing.get(settings) if settings is not None else None
+        if traced is not None:  # wrapped once here, so an untraced worker pays nothing per attempt
+            self.execute = traced.around(self._execute)
+            self.sink = traced.ending(sink)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.abandon_grace = abandon_grace
@@ -159,7 +166,7 @@ class Executor:
             self.inflight[job.task_id] = job
         self.jobs.put(job)
 
-    def execute(self, thread: TaskThread, job: Job) -> None:
+    def _execute(self, thread: TaskThread, job: Job) -> None:
         with self.lock:
             if job.done:  # finalised (cancelled, timed out) before it started
                 return

@@ -18,7 +18,7 @@ from typing import Any, LiteralString
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import notifyrules, protocol, queries, registry
+from . import notifyrules, protocol, queries, registry, tracing
 from .db import Conn
 from .errors import InvalidInput, TaskNotFound
 from .settings import Settings, get_settings
@@ -53,6 +53,7 @@ class Task:
     created: bool = True  # False when a dedup key returned a task that already existed
     parent_id: int | None = None  # the workflow this task is a child of (workflows.py)
     step: int | None = None  # its step in that workflow
+    traceparent: str | None = None  # W3C trace context of its enqueue, when traced (spans.py)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -168,20 +169,39 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
             notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> Task:
     """Insert one task. With `dedup_key`, a live task holding that key is returned instead (`created=False`).
     `notify`: notification rules (else the actor's), stored on the row."""
+    settings = settings or get_settings()
     params = row_params(actor, args, queue=queue, eta=eta, priority=priority, max_retries=max_retries,
                          time_limit=time_limit, retry_backoff=retry_backoff, schedule_name=schedule_name,
                          schedule_tick=schedule_tick,
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
-                         settings=settings or get_settings())
+                         settings=settings)
     params["args"] = Jsonb(json.loads(params["args"]))
-    rules = notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
+    rules = task_rules(actor, notify)
     params["notify"] = Jsonb(rules) if rules is not None else None
+    traced = tracing.get(settings)
+    if traced is None:
+        params["traceparent"] = None
+        return _insert(conn, params)
+    with traced.enqueue(params["actor"], params["queue"]) as span:
+        params["traceparent"] = span.traceparent
+        task = _insert(conn, params)
+        span.inserted(task.id, task.created)
+    return task
+
+
+def _insert(conn: Conn, params: dict[str, Any]) -> Task:
     # A concurrent insert of the same dedup key may commit after our snapshot: ask again.
     for _ in range(5):
         row = conn.execute(queries.get("task_insert"), params).fetchone()
         if row is not None:
             return Task.from_row(row)
-    raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
+    raise RuntimeError(f"could not insert or find the task with dedup key {params['dedup_key']!r}")
+
+
+def task_rules(actor: str | registry.Actor,
+               notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A task's notification rules as stored: those given, else its actor's; None when there are none."""
+    return notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
 
 
 def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRule]:
@@ -192,20 +212,34 @@ def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRu
 def enqueue_many(conn: Conn, actor: str | registry.Actor, many_args: Iterable[Any], *,
                  queue: str | None = None, priority: int | None = None, max_retries: int | None = None,
                  time_limit: float | None = None, validate: bool = True,
-                 settings: Settings | None = None) -> int:
-    """Bulk enqueue with COPY (no dedup keys, no eta); one notification per queue. Returns the count."""
+                 settings: Settings | None = None,
+                 notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None = None) -> int:
+    """Bulk enqueue with COPY (no dedup keys, no eta); one wake-up per queue. Returns the count.
+    `notify`: notification rules of every task (else the actor's), as with `enqueue`."""
     settings = settings or get_settings()
     template = row_params(actor, {}, queue=queue, eta=None, priority=priority, max_retries=max_retries,
                            time_limit=time_limit, retry_backoff=None, schedule_name=None, schedule_tick=None,
                            object_ref=None,
                            dedup_key=None, validate=validate, settings=settings)
-    limit = settings.worker.args_max_bytes
+    rules = task_rules(actor, notify)
+    rules_text = json.dumps(rules, separators=(",", ":")) if rules is not None else None  # COPY takes text
+    traced = tracing.get(settings)
+    if traced is None:
+        return _copy_in(conn, template, many_args, rules_text, None, settings.worker.args_max_bytes)
+    with traced.enqueue(template["actor"], template["queue"]) as span:
+        count = _copy_in(conn, template, many_args, rules_text, span.traceparent, settings.worker.args_max_bytes)
+        span.counted(count)
+    return count
+
+
+def _copy_in(conn: Conn, template: dict[str, Any], many_args: Iterable[Any], rules: str | None,
+             traceparent: str | None, limit: int) -> int:
     count = 0
     with conn.cursor().copy(queries.get("task_copy_in")) as copy:
         for index, args in enumerate(many_args):  # in the column order of task_copy_in
             text = encode_args(args, limit, field=f"args[{index}]")
             copy.write_row((template["queue"], template["actor"], text, template["priority"],
-                            template["max_retries"], template["time_limit"]))
+                            template["max_retries"], template["time_limit"], rules, traceparent))
             count += 1
     return count
 

@@ -111,6 +111,15 @@ class NotificationSettings(BaseModel):
     source: str = Field("/kubetasks", description="CloudEvents `source` prefix (e.g. a cluster's name).")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans for enqueue and for each attempt (worker/tracing.py; the `tracing` extra)."""
+
+    enabled: bool = Field(
+        False, description="Emit spans through the OpenTelemetry API's global tracer provider, which the "
+        "application (or a module in KUBETASKS_WORKER__MODULES) configures with the SDK and an exporter. Off: "
+        "nothing of OpenTelemetry is imported and tasks pay nothing for it.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBETASKS_", env_nested_delimiter="__",
                                       extra="ignore")
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     worker: WorkerSettings = WorkerSettings()
     notifications: NotificationSettings = NotificationSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 @cache

@@ -55,16 +55,20 @@ def test_throughput_with_notifications_on_is_close_to_off(
     rate = TASKS / (time.monotonic() - started)
 
     def recorded() -> dict[str, int] | None:
+        # At least TASKS: the outbox holds an event per task of both worst-case batches, and rounds of 50 may
+        # step past TASKS between two polls.
         row = conn.execute("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM kubetasks.notifications "
                            "WHERE state = 'delivered'").fetchone()
-        return row if row is not None and row["n"] == TASKS else None
+        return row if row is not None and row["n"] >= TASKS else None
 
     events = wait_for(recorded, timeout=30, what="every delivery recorded")
     print(f"\n{TASKS} tasks: off {TASKS / min(off):.0f}/s; rules on failure {TASKS / min(on):.0f}/s "
           f"(time x{ratio:.3f});"
           f" an event per task {TASKS / min(worst):.0f}/s (time x{worst_ratio:.3f}); {len(receiver.requests)} events "
           f"then delivered at {rate:.0f}/s (worker start included)")
-    assert events is not None and events["n"] == events["ids"] == TASKS
+    assert events is not None and events["n"] == events["ids"] >= TASKS
+    sent = receiver.ids()
+    assert len(sent) == len(set(sent))  # no receiver failed here, so nothing was sent twice
     # The figures to watch are printed; on a shared 2-core machine they swing by 2x between runs, so the bound
     # only catches a gross regression (say, every task paying for a delivery).
     assert ratio < 2.0

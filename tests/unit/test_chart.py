@@ -20,6 +20,7 @@ import yaml
 from crd_generator import generate as crdgen
 
 from kubetasks.operator import resources
+from kubetasks.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetasks"
@@ -190,3 +191,85 @@ def test_refuses_to_render_without_a_database() -> None:
     proc = subprocess.run([helm, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0 and "database.url or database.existingSecret" in proc.stderr
+
+
+NOTIFY_VALUES = ("--set", f"database.url={DSN}", "--set", "notifications.smtp.host=smtp.example.com",
+                 "--set", "notifications.smtp.port=465", "--set", "notifications.smtp.security=tls",
+                 "--set", "notifications.smtp.from=kubetasks@example.com",
+                 "--set", "notifications.smtp.existingSecret=smtp-login",
+                 "--set", "notifications.webhookSecrets.existingSecret=hooks",
+                 "--set", "notifications.dashboardUrl=https://kt.example.com",
+                 "--set", "notifications.source=/clusters/prod")
+
+
+def worker_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = by_kind(docs, "Deployment")["kt-kubetasks-worker"]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_notification_values_become_the_workers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = worker_pod(render(*NOTIFY_VALUES))
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"] if e["name"].startswith("KUBETASKS_NOTIFICATIONS__")}
+    assert env.pop("KUBETASKS_NOTIFICATIONS__SMTP_USERNAME")["valueFrom"] == {
+        "secretKeyRef": {"name": "smtp-login", "key": "username"}}
+    plain = {name: e["value"] for name, e in env.items()}
+    assert plain == {"KUBETASKS_NOTIFICATIONS__ENABLED": "true",
+                     "KUBETASKS_NOTIFICATIONS__SMTP_HOST": "smtp.example.com",
+                     "KUBETASKS_NOTIFICATIONS__SMTP_PORT": "465", "KUBETASKS_NOTIFICATIONS__SMTP_SECURITY": "tls",
+                     "KUBETASKS_NOTIFICATIONS__SMTP_FROM": "kubetasks@example.com",
+                     "KUBETASKS_NOTIFICATIONS__SMTP_PASSWORD_FILE": "/etc/kubetasks/smtp/password",
+                     "KUBETASKS_NOTIFICATIONS__SECRETS_DIR": "/etc/kubetasks/webhook-secrets",
+                     "KUBETASKS_NOTIFICATIONS__DASHBOARD_URL": "https://kt.example.com",
+                     "KUBETASKS_NOTIFICATIONS__SOURCE": "/clusters/prod"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["smtp-credentials"] == {"name": "smtp-credentials", "mountPath": "/etc/kubetasks/smtp",
+                                          "readOnly": True}
+    assert volumes["smtp-credentials"]["secret"] == {"secretName": "smtp-login",
+                                                     "items": [{"key": "password", "path": "password"}]}
+    assert mounts["webhook-secrets"]["mountPath"] == "/etc/kubetasks/webhook-secrets"
+    assert volumes["webhook-secrets"]["secret"] == {"secretName": "hooks"}
+    # The worker reads exactly these variables into its settings (nothing misspelt, every value valid).
+    for name, value in plain.items():
+        monkeypatch.setenv(name, value)
+    notifications = Settings().notifications
+    assert (notifications.smtp_host, notifications.smtp_port, notifications.smtp_security) == (
+        "smtp.example.com", 465, "tls")
+    assert notifications.smtp_from == "kubetasks@example.com"
+    assert str(notifications.smtp_password_file) == "/etc/kubetasks/smtp/password"
+    assert str(notifications.secrets_dir) == "/etc/kubetasks/webhook-secrets"
+    assert (notifications.dashboard_url, notifications.source) == ("https://kt.example.com", "/clusters/prod")
+
+
+def test_notification_defaults_set_only_what_the_chart_decides() -> None:
+    pod = worker_pod(render("--set", f"database.url={DSN}"))
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"] if e["name"].startswith("KUBETASKS_NOTIFICATIONS__")}
+    assert env == {"KUBETASKS_NOTIFICATIONS__ENABLED": "true", "KUBETASKS_NOTIFICATIONS__SMTP_PORT": "587",
+                   "KUBETASKS_NOTIFICATIONS__SMTP_SECURITY": "starttls"}
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("notifications.smtp.security=ssl", 'notifications.smtp.security: "ssl" is not starttls, tls or none'),
+    ("notifications.smtp.port=0", "notifications.smtp.port: 0 is not a port (use 1 to 65535"),
+])
+def test_bad_notification_values_are_refused_naming_the_field(setting: str, words: str) -> None:
+    helm = find_helm()
+    if helm is None:
+        pytest.skip("helm not found: the refusal was not checked")
+    proc = subprocess.run([helm, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION,
+                           "--set", f"database.url={DSN}", "--set", setting],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and words in proc.stderr, proc.stderr
+
+
+def test_helm_lint_with_notifications() -> None:
+    helm = find_helm()
+    if helm is None:
+        pytest.skip("helm not found: `helm lint` skipped")
+    proc = subprocess.run([helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *NOTIFY_VALUES],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

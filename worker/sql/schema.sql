@@ -71,7 +71,7 @@ CREATE TABLE kubetasks.tasks (
     attempt_started_at timestamptz,
     finished_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- The columns below came with 0003, 0004, 0005 and 0006, hence their place at the end.
+    -- The columns below came with 0003, 0004, 0005, 0006 and 0009, hence their place at the end.
     -- A free-text description given when a task is created from the dashboard's task manager.
     description text CHECK (length(description) <= 1000),
     -- Notification rules (a JSON array, 0004), copied at enqueue time; NULL for the many tasks without any.
@@ -83,6 +83,8 @@ CREATE TABLE kubetasks.tasks (
     -- the advisory lock (7013 = protocol.WORKER_LOCK, session) while alive. NULL between attempts, and for
     -- attempts of workers before 0006, which hold a per-attempt lock (7011) instead.
     session integer,
+    -- The W3C traceparent of the enqueue's span (0009), so the attempts join its trace; NULL when untraced.
+    traceparent text CHECK (traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'),
     CONSTRAINT tasks_step_with_parent CHECK ((parent_id IS NULL) = (step IS NULL)),
     CONSTRAINT tasks_worker_only_while_running CHECK (worker IS NULL OR state = 'running'),
     CONSTRAINT tasks_finished_iff_final CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
@@ -543,8 +545,16 @@ BEGIN
 END
 $$;
 
+-- Queued only for an outcome one of the task's rules may announce, or a Schedule's run (its failure streak), so
+-- the claim and outcomes no rule names call no PL/pgSQL (0009).
 CREATE TRIGGER tasks_notification_enqueue AFTER UPDATE ON kubetasks.tasks
-    FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state)
+    FOR EACH ROW WHEN (NEW.notify IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state AND CASE NEW.state
+        WHEN 'successful' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["succeeded"]}]'
+        WHEN 'warning' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["warning"]}]'
+        WHEN 'error' THEN NEW.schedule_name IS NOT NULL OR NEW.notify @> '[{"events": ["failed"]}]'
+                          OR NEW.notify @> '[{"events": ["retriesExhausted"]}]'
+        WHEN 'cancelled' THEN NEW.notify @> '[{"events": ["cancelled"]}]'
+        ELSE false END)
     EXECUTE FUNCTION kubetasks.notification_enqueue();
 
 -- From 0006: the numbers of worker sessions (see tasks.session).
@@ -578,4 +588,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (3, '0003_dashboard.sql'),
     (4, '0004_notifications.sql'),
     (5, '0005_workflows.sql'),
-    (6, '0006_worker_sessions.sql');
+    (6, '0006_worker_sessions.sql'),
+    (9, '0009_trace_context.sql');

@@ -6,10 +6,10 @@
 -- task_insert: enqueue one task; with a dedup key, return the live task that already holds it.
 WITH inserted AS (
     INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit, retry_backoff,
-                                 schedule_name, schedule_tick, object_ref, dedup_key, notify)
+                                 schedule_name, schedule_tick, object_ref, dedup_key, notify, traceparent)
     VALUES (%(queue)s, %(actor)s, %(args)s, %(priority)s, coalesce(%(eta)s, now()), %(max_retries)s,
             %(time_limit)s, %(retry_backoff)s, %(schedule_name)s, %(schedule_tick)s, %(object_ref)s, %(dedup_key)s,
-            %(notify)s)
+            %(notify)s, %(traceparent)s)
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING
     RETURNING *, true AS created
 )
@@ -19,7 +19,7 @@ SELECT *, false AS created FROM kubetasks.tasks
 WHERE dedup_key = %(dedup_key)s AND state IN ('queued', 'running') AND NOT EXISTS (SELECT FROM inserted);
 
 -- task_copy_in: bulk enqueue (enqueue_many) by COPY; rows are written in exactly this column order.
-COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit) FROM STDIN;
+COPY kubetasks.tasks (queue, actor, args, priority, max_retries, time_limit, notify, traceparent) FROM STDIN;
 
 -- task_get: one task by id.
 SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
@@ -28,7 +28,8 @@ SELECT * FROM kubetasks.tasks WHERE id = %(id)s;
 -- Row locks (SKIP LOCKED) keep claimers apart. Run only on the connection holding the session's {lock:worker}:
 -- the session number written here is what marks the attempts alive for as long as that connection lives,
 -- which is how a dead worker's tasks are recognised (one lock per worker, none per task).
--- The columns come in the order of the worker's Job fields (it reads them as tuples).
+-- The columns come in the order of the worker's Job fields (it reads them as tuples). The last one is NULL
+-- unless the task was enqueued with tracing on: then '<queue> <traceparent>', for the attempt's span.
 WITH candidates AS MATERIALIZED (
     SELECT id FROM kubetasks.tasks
     WHERE worker IS NULL AND state IN ('queued', 'running') AND queue = %(queue)s AND eta <= now()
@@ -40,7 +41,8 @@ UPDATE kubetasks.tasks t
 SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s, attempts = t.attempts + 1,
     started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
 FROM candidates WHERE t.id = candidates.id
-RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff;
+RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff,
+          CASE WHEN t.traceparent IS NOT NULL THEN t.queue || ' ' || t.traceparent END;
 
 -- task_finish_many: record the outcome of many attempts of this worker, only those it still owns in this
 -- session (an attempt given up after a reconnection may still name the old one until a rescuer takes it).

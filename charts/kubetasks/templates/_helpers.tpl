@@ -69,3 +69,83 @@ initContainers:
     {{- end }}
 {{- end }}
 {{- end -}}
+
+
+{{/* The workers' KUBETASKS_NOTIFICATIONS__* settings; only those given, so the rest keep the worker's defaults. */}}
+{{- define "kubetasks.notificationsEnv" -}}
+{{- $n := .Values.notifications -}}
+{{- if not (has $n.smtp.security (list "starttls" "tls" "none")) -}}
+{{- fail (printf "notifications.smtp.security: %q is not starttls, tls or none (use one of them)" (toString $n.smtp.security)) -}}
+{{- end -}}
+{{- $port := int $n.smtp.port -}}
+{{- if or (lt $port 1) (gt $port 65535) -}}
+{{- fail (printf "notifications.smtp.port: %v is not a port (use 1 to 65535, e.g. 587)" $n.smtp.port) -}}
+{{- end -}}
+{{- if and $n.smtp.existingSecret (not $n.smtp.passwordKey) -}}
+{{- fail "notifications.smtp.passwordKey: empty while notifications.smtp.existingSecret is set (name the password's key)" -}}
+{{- end -}}
+- name: KUBETASKS_NOTIFICATIONS__ENABLED
+  value: {{ $n.enabled | quote }}
+{{- with $n.dashboardUrl }}
+- name: KUBETASKS_NOTIFICATIONS__DASHBOARD_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $n.source }}
+- name: KUBETASKS_NOTIFICATIONS__SOURCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $n.smtp.host }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_HOST
+  value: {{ . | quote }}
+{{- end }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_PORT
+  value: {{ $port | quote }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_SECURITY
+  value: {{ $n.smtp.security | quote }}
+{{- with $n.smtp.from }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_FROM
+  value: {{ . | quote }}
+{{- end }}
+{{- if $n.smtp.existingSecret }}
+{{- if $n.smtp.usernameKey }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $n.smtp.existingSecret }}
+      key: {{ $n.smtp.usernameKey }}
+{{- end }}
+- name: KUBETASKS_NOTIFICATIONS__SMTP_PASSWORD_FILE
+  value: /etc/kubetasks/smtp/password
+{{- end }}
+{{- if $n.webhookSecrets.existingSecret }}
+- name: KUBETASKS_NOTIFICATIONS__SECRETS_DIR
+  value: /etc/kubetasks/webhook-secrets
+{{- end }}
+{{- end -}}
+
+{{/* Mounts (and volumes, with "volumes") of the notification Secrets. */}}
+{{- define "kubetasks.notificationsMounts" -}}
+{{- $n := .Values.notifications -}}
+{{- if $n.smtp.existingSecret }}
+- {name: smtp-credentials, mountPath: /etc/kubetasks/smtp, readOnly: true}
+{{- end }}
+{{- if $n.webhookSecrets.existingSecret }}
+- {name: webhook-secrets, mountPath: /etc/kubetasks/webhook-secrets, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "kubetasks.notificationsVolumes" -}}
+{{- $n := .Values.notifications -}}
+{{- if $n.smtp.existingSecret }}
+- name: smtp-credentials
+  secret:
+    secretName: {{ $n.smtp.existingSecret }}
+    items:
+      - {key: {{ $n.smtp.passwordKey }}, path: password}
+{{- end }}
+{{- if $n.webhookSecrets.existingSecret }}
+- name: webhook-secrets
+  secret:
+    secretName: {{ $n.webhookSecrets.existingSecret }}
+{{- end }}
+{{- end -}}
