@@ -174,7 +174,7 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
                          object_ref=object_ref, dedup_key=dedup_key, validate=validate,
                          settings=settings or get_settings())
     params["args"] = Jsonb(json.loads(params["args"]))
-    rules = notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
+    rules = notify_rules(actor, notify)
     params["notify"] = Jsonb(rules) if rules is not None else None
     # A concurrent insert of the same dedup key may commit after our snapshot: ask again.
     for _ in range(5):
@@ -182,6 +182,12 @@ def enqueue(conn: Conn, actor: str | registry.Actor, args: Any = None, *, queue:
         if row is not None:
             return Task.from_row(row)
     raise RuntimeError(f"could not insert or find the task with dedup key {dedup_key!r}")
+
+
+def notify_rules(actor: str | registry.Actor,
+                 notify: Sequence[notifyrules.NotificationRule | dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The rules stored on a task row: those given, else the actor's (None: no rules)."""
+    return notifyrules.dump(notifyrules.parse(notify) if notify is not None else _actor_rules(actor))
 
 
 def _actor_rules(actor: str | registry.Actor) -> list[notifyrules.NotificationRule]:
