@@ -24,6 +24,8 @@ Policy = Literal["Allow", "Forbid", "Replace", "BufferOne", "BufferAll", "Cancel
 POLICIES: Final[tuple[Policy, ...]] = get_args(Policy)
 CANCELLING: Final[tuple[Policy, ...]] = ("Replace", "CancelOther")
 BUFFERED_REASON: Final = "Buffered"  # the task row's reason while a run waits for the live one to end
+# Policies whose skipped ticks are misses (no run covers them), unlike the superseded ticks of Replace.
+MISSING: Final[tuple[Policy, ...]] = ("Forbid", "BufferOne")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Plan:
     run: list[datetime] = field(default_factory=list)  # enqueue these ticks to run now
     buffer: list[datetime] = field(default_factory=list)  # enqueue these ticks as buffered runs
     skip: list[tuple[datetime, str]] = field(default_factory=list)  # (tick, why) not run at all
+    missed: list[datetime] = field(default_factory=list)  # the skipped ticks no other run covers
     cancel_live: bool = False  # cancel the runs that are live first
 
 
@@ -59,4 +62,5 @@ def plan(policy: str, ticks: list[datetime], live: int, buffered: int = 0) -> Pl
         else:
             why = "a run is still queued or running" if policy == "Forbid" else "a run is already buffered"
             result.skip.append((tick, f"skipped ({policy}): {why}"))
+            result.missed.append(tick)
     return result

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from . import cron, db, manifests, overlap, queries, queue, schedules
+from . import cron, db, manifests, notifyrules, overlap, queries, queue, schedules
 from .db import Conn
 from .errors import InvalidInput
 from .settings import Settings
@@ -181,6 +181,7 @@ def _fire_many(conn: Conn, rows: list[dict[str, Any]], now: datetime, settings: 
 def _fire_rows(conn: Conn, rows: list[dict[str, Any]], now: datetime, settings: Settings) -> list[int]:
     decided = [(row, decide(row, now, settings)) for row in rows]
     started = start_runs(conn, [(row, list(decision.ticks)) for row, decision in decided], now, settings)
+    _record_missed(conn, [(row, decision, started[row["name"]]) for row, decision in decided], now)
     following = [_next_tick(row["cron"], row["time_zone"], now, *schedules.tick_bounds(row))
                  for row, _ in decided]  # none in (tick, now]
     advanced = conn.execute(queries.get("schedule_advance_many"), {
@@ -209,6 +210,7 @@ class Started:
     buffered: list[int] = field(default_factory=list)
     skipped: list[tuple[datetime, str]] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    missed: list[datetime] = field(default_factory=list)  # skipped ticks no run covers (Forbid, BufferOne)
 
     def summary(self) -> str:
         parts = [f"task {', '.join(map(str, self.created))}" if self.created else "",
@@ -216,6 +218,44 @@ class Started:
                  f"cancelled {', '.join(map(str, self.cancelled))}" if self.cancelled else "",
                  "; ".join(f"{tick.isoformat()} {why}" for tick, why in self.skipped)]
         return "".join(", " + p for p in parts if p)
+
+
+def missed_ticks(row: dict[str, Any], decision: Decision, started: Started,
+                 now: datetime) -> list[tuple[datetime, str]]:
+    """The due ticks that got no run and no covering one: skipped by Forbid or BufferOne, or lost to downtime
+    (not among the ticks the missed-run policy fired; ticks outside startTime / endTime are not ticks at all).
+    At most cron.WALK_LIMIT lost ticks are walked, the oldest."""
+    found = [(tick, why) for tick, why in started.skipped if tick in started.missed]
+    if decision.missed or not decision.fire:
+        fired = set(decision.ticks)
+        due = cron.ticks_between(row["cron"], row["time_zone"], row["next_run"], now, *schedules.tick_bounds(row))
+        found += [(tick, f"lost to downtime: {decision.reason}") for tick in due if tick not in fired]
+    return sorted(found)
+
+
+def _record_missed(conn: Conn, fired: list[tuple[dict[str, Any], Decision, Started]], now: datetime) -> None:
+    """One outbox event per missed tick and rule asking for scheduleMissed, in the firing transaction."""
+    names: list[str] = []
+    indexes: list[int] = []
+    rules: list[str] = []
+    payloads: list[str] = []
+    for row, decision, started in fired:
+        wanted = notifyrules.wanting(row.get("notify"), notifyrules.SCHEDULE_MISSED)
+        if not wanted:
+            continue
+        for tick, why in missed_ticks(row, decision, started, now):
+            payload = json.dumps({"schedule": row["name"], "actor": row["actor"], "queue": row["queue"],
+                                  "tick": tick.astimezone(UTC).isoformat().replace("+00:00", "Z"), "why": why,
+                                  "missedRunPolicy": row["missed_run_policy"],
+                                  "concurrencyPolicy": row["concurrency_policy"]})
+            for index, rule in wanted:
+                names.append(row["name"])
+                indexes.append(index)
+                rules.append(json.dumps(rule))
+                payloads.append(payload)
+    if names:
+        conn.execute(queries.get("notification_insert_missed"), {
+            "names": names, "rule_indexes": indexes, "rules": rules, "payloads": payloads})
 
 
 BUFFERED_ETA = datetime(9999, 12, 31, tzinfo=UTC)  # never due: a buffered run waits for its release
@@ -238,6 +278,7 @@ def start_runs(conn: Conn, wanted: list[tuple[dict[str, Any], list[datetime]]], 
         planned = overlap.plan(row["concurrency_policy"], ticks, int(found.get("live") or 0),
                                int(found.get("buffered") or 0))
         out[name].skipped.extend(planned.skip)
+        out[name].missed.extend(planned.missed)
         if planned.cancel_live:
             for live in conn.execute(queries.get("schedule_live_runs"), {"name": name}).fetchall():
                 message = f"replaced ({row['concurrency_policy']}) by the run of {name} due {ticks[-1].isoformat()}"
