@@ -140,20 +140,24 @@ GROUP BY schedule_name;
 
 -- schedule_release_after_cancel: start the oldest buffered run of each CancelOther schedule with nothing else
 -- live once no cancelled run of it still has its attempt held by a worker (the cancel has been acted on).
-WITH released AS (
+-- Driven from the schedules (few) through the tasks_buffered index; the held attempt locks are read once.
+WITH held AS MATERIALIZED (
+    SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = {lock:attempt} AND objsubid = 2
+), candidates AS MATERIALIZED (
+    SELECT b.id
+    FROM kubetasks.schedules s
+    CROSS JOIN LATERAL (SELECT t.id FROM kubetasks.tasks t
+                        WHERE t.schedule_name = s.name AND t.state = 'queued' AND t.reason = 'Buffered'
+                        ORDER BY t.id LIMIT 1) AS b
+    WHERE s.concurrency_policy = 'CancelOther'
+      AND NOT EXISTS (SELECT FROM kubetasks.tasks l
+                      WHERE l.schedule_name = s.name AND l.state IN ('queued', 'running') AND l.reason <> 'Buffered')
+      AND NOT EXISTS (SELECT FROM kubetasks.tasks c
+                      WHERE c.schedule_name = s.name AND c.state = 'cancelled'
+                        AND (c.id & 2147483647)::oid IN (SELECT objid FROM held))
+), released AS (
     UPDATE kubetasks.tasks t SET eta = now(), reason = 'Queued', updated_at = now()
-    FROM (SELECT DISTINCT ON (b.schedule_name) b.id
-          FROM kubetasks.tasks b JOIN kubetasks.schedules s ON s.name = b.schedule_name
-          WHERE b.state = 'queued' AND b.reason = 'Buffered' AND s.concurrency_policy = 'CancelOther'
-            AND NOT EXISTS (SELECT FROM kubetasks.tasks l
-                            WHERE l.schedule_name = b.schedule_name AND l.state IN ('queued', 'running')
-                              AND l.reason <> 'Buffered')
-            AND NOT EXISTS (SELECT FROM pg_locks k JOIN kubetasks.tasks c
-                                ON k.objid = (c.id & 2147483647)::oid
-                            WHERE k.locktype = 'advisory' AND k.classid = {lock:attempt} AND k.objsubid = 2
-                              AND c.schedule_name = b.schedule_name AND c.state = 'cancelled')
-          ORDER BY b.schedule_name, b.id) AS r
-    WHERE t.id = r.id AND t.state = 'queued' AND t.reason = 'Buffered'
+    FROM candidates WHERE t.id = candidates.id AND t.state = 'queued' AND t.reason = 'Buffered'
     RETURNING t.id, t.queue
 )
 SELECT released.id FROM released
