@@ -160,7 +160,8 @@ def _fire_pass(conn: Conn, settings: Settings, now: datetime | None, limit: int)
 
 def release_cancelled_others(conn: Conn) -> list[int]:
     """Start the runs CancelOther holds back whose cancelled predecessors' attempts have stopped (the
-    outcome trigger releases them itself when nothing was executing)."""
+    outcome trigger releases them itself when nothing was executing); also any other buffered run with
+    nothing live before it (its live run was deleted, say), which no outcome would release."""
     with conn.transaction():
         return [row["id"] for row in conn.execute(queries.get("schedule_release_after_cancel"))]
 

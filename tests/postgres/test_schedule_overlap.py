@@ -168,3 +168,35 @@ def test_many_buffering_schedules_fire_in_one_batch(conn: db.Conn, settings: Set
     assert scheduler.fire_due(conn, settings, now=T0 + 2 * H) == []
     buffered = conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE reason = 'Buffered'").fetchone()
     assert buffered is not None and buffered["n"] == n
+
+
+def test_runs_buffered_before_a_change_of_policy_are_still_released(conn: db.Conn, settings: Settings) -> None:
+    make(conn, concurrencyPolicy="BufferAll")
+    [first] = scheduler.fire_due(conn, settings, now=T0 + H)
+    scheduler.fire_due(conn, settings, now=T0 + 2 * H)
+    make(conn, concurrencyPolicy="Allow")
+    finish(conn, first)
+    assert reasons(conn) == [("successful", "Queued"), ("queued", "Queued")]
+
+
+def test_a_paused_schedule_keeps_its_buffered_runs_until_resumed(conn: db.Conn, settings: Settings) -> None:
+    make(conn, concurrencyPolicy="BufferAll", pauseAfterFailures=1)
+    [first] = scheduler.fire_due(conn, settings, now=T0 + H)
+    scheduler.fire_due(conn, settings, now=T0 + 2 * H)
+    finish(conn, first, "error")  # pauses the schedule: the buffered run stays held
+    assert reasons(conn)[1] == ("queued", "Buffered")
+    assert scheduler.release_cancelled_others(conn) == []
+    schedules.resume(conn, "default/s", settings=settings, now=T0 + 2 * H)
+    held = runs(conn)[1]
+    finish(conn, runs(conn)[2].id)  # the run resume started ends: the buffered one goes next
+    assert queue.get_task(conn, held.id).reason == "Queued"
+
+
+def test_the_firing_pass_releases_a_buffered_run_whose_live_run_was_deleted(conn: db.Conn,
+                                                                           settings: Settings) -> None:
+    make(conn, concurrencyPolicy="BufferOne")
+    [first] = scheduler.fire_due(conn, settings, now=T0 + H)
+    scheduler.fire_due(conn, settings, now=T0 + 2 * H)
+    conn.execute("DELETE FROM kubetasks.tasks WHERE id = %s", (first,))  # no outcome will ever release it
+    assert scheduler.fire_due(conn, settings, now=T0 + 2 * H) == []  # nothing due, but the pass looks
+    assert reasons(conn) == [("queued", "Queued")]

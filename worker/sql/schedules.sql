@@ -138,22 +138,24 @@ FROM kubetasks.tasks
 WHERE schedule_name = ANY(%(names)s::text[]) AND state IN ('queued', 'running')
 GROUP BY schedule_name;
 
--- schedule_release_after_cancel: start the oldest buffered run of each CancelOther schedule with nothing else
--- live once no cancelled run of it still has its attempt held by a worker (the cancel has been acted on).
--- Driven from the schedules (few) through the tasks_buffered index; the held attempt locks are read once.
+-- schedule_release_after_cancel: start the oldest buffered run of each schedule with nothing else live once no
+-- cancelled run of it still has its attempt held by a worker (CancelOther: the cancel has been acted on; for
+-- the other policies a backstop, e.g. after the live run was deleted); not while the schedule is paused.
+-- Driven by the tasks_buffered index; the held attempt locks are read once.
 WITH held AS MATERIALIZED (
     SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = {lock:attempt} AND objsubid = 2
+), oldest AS MATERIALIZED (
+    SELECT DISTINCT ON (schedule_name) id, schedule_name FROM kubetasks.tasks
+    WHERE state = 'queued' AND reason = 'Buffered'
+    ORDER BY schedule_name, id
 ), candidates AS MATERIALIZED (
-    SELECT b.id
-    FROM kubetasks.schedules s
-    CROSS JOIN LATERAL (SELECT t.id FROM kubetasks.tasks t
-                        WHERE t.schedule_name = s.name AND t.state = 'queued' AND t.reason = 'Buffered'
-                        ORDER BY t.id LIMIT 1) AS b
-    WHERE s.concurrency_policy = 'CancelOther'
+    SELECT b.id FROM oldest b
+    WHERE NOT EXISTS (SELECT FROM kubetasks.schedules s WHERE s.name = b.schedule_name AND s.paused)
       AND NOT EXISTS (SELECT FROM kubetasks.tasks l
-                      WHERE l.schedule_name = s.name AND l.state IN ('queued', 'running') AND l.reason <> 'Buffered')
+                      WHERE l.schedule_name = b.schedule_name AND l.state IN ('queued', 'running')
+                        AND l.reason <> 'Buffered')
       AND NOT EXISTS (SELECT FROM kubetasks.tasks c
-                      WHERE c.schedule_name = s.name AND c.state = 'cancelled'
+                      WHERE c.schedule_name = b.schedule_name AND c.state = 'cancelled'
                         AND (c.id & 2147483647)::oid IN (SELECT objid FROM held))
 ), released AS (
     UPDATE kubetasks.tasks t SET eta = now(), reason = 'Queued', updated_at = now()

@@ -26,12 +26,14 @@ ALTER TABLE kubetasks.schedules
 CREATE INDEX tasks_buffered ON kubetasks.tasks (schedule_name, id) WHERE state = 'queued' AND reason = 'Buffered';
 
 -- A schedule's run reached a final state: count failures in a row (pausing the schedule at its limit), then
--- release the oldest buffered run once no other run of the schedule is live. Under CancelOther a run whose
--- attempt is still held by a worker (a cancel it has not acted on yet; advisory lock class 7011 =
+-- release the oldest buffered run once no other run of the schedule is live (whatever the policy is now: runs
+-- buffered before a change of policy are not left behind), unless the schedule is paused. Under CancelOther a
+-- run whose attempt is still held by a worker (a cancel it has not acted on yet; advisory lock class 7011 =
 -- protocol.ATTEMPT_LOCK) releases nothing: the scheduler's pass does once the lock is gone.
 CREATE FUNCTION kubetasks.schedule_run_finished() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     policy text;
+    held_back boolean;
     released record;
 BEGIN
     IF NEW.state = 'error' THEN
@@ -44,15 +46,16 @@ BEGIN
                             left(coalesce(NEW.error, NEW.reason), 500))
                 ELSE s.paused_reason END
         WHERE s.name = NEW.schedule_name
-        RETURNING s.concurrency_policy INTO policy;
+        RETURNING s.concurrency_policy, s.paused INTO policy, held_back;
     ELSIF NEW.state IN ('successful', 'warning') THEN
         UPDATE kubetasks.schedules s SET consecutive_failures = 0
         WHERE s.name = NEW.schedule_name AND s.consecutive_failures > 0;
     END IF;
     IF policy IS NULL THEN
-        SELECT s.concurrency_policy INTO policy FROM kubetasks.schedules s WHERE s.name = NEW.schedule_name;
+        SELECT s.concurrency_policy, s.paused INTO policy, held_back
+        FROM kubetasks.schedules s WHERE s.name = NEW.schedule_name;
     END IF;
-    IF policy IS NULL OR policy NOT IN ('BufferOne', 'BufferAll', 'CancelOther') THEN
+    IF held_back THEN  -- a paused schedule's buffered runs wait for it to be resumed
         RETURN NULL;
     END IF;
     IF policy = 'CancelOther' AND EXISTS (
