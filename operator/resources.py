@@ -31,6 +31,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 SCHEDULE_LABEL = f"{GROUP}/schedule"  # on TaskRuns fired by a Schedule: the Schedule's name
 TASK_ID_LABEL = f"{GROUP}/task-id"  # on those TaskRuns: the id of the task row they mirror
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"  # on a Schedule: any new value fires one run now
+BACKFILL_ANNOTATION = f"{GROUP}/backfill"  # on a Schedule: a new '<from>/<to>' runs each tick in it once
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -97,6 +98,8 @@ class ScheduleStatus(_Model):
     active: int | None = Field(default=None, ge=0, description="Runs queued or running now.")
     last_trigger: str | None = Field(
         default=None, description=f"Value of the {TRIGGER_ANNOTATION} annotation last acted on.")
+    last_backfill: str | None = Field(
+        default=None, description=f"Value of the {BACKFILL_ANNOTATION} annotation last acted on.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation last stored in the database.")
     kopf: dict[str, Any] | None = _KOPF
@@ -275,6 +278,10 @@ SCHEDULE = Kind(
     rules=(
         # Like CronJob's 52: '-<task id>' is appended for TaskRun names, and the name is a label value.
         Rule("", "size(self.metadata.name) <= 52", "a Schedule's name must be at most 52 characters"),
+        Rule("spec", "has(self.schedule) != has(self.every)",
+             "give exactly one of spec.schedule (cron) and spec.every (an interval)"),
+        Rule("spec", "self.missedRunPolicy != 'CatchUp' || has(self.catchupWindow)",
+             "missedRunPolicy CatchUp needs spec.catchupWindow", field_path=".catchupWindow"),
     ),
 )
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kubetasks.worker import scheduler
 from kubetasks.worker.errors import InvalidInput
 
 from . import children, resources, status, store, taskruns
@@ -64,7 +65,28 @@ def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
             triggered = resources.ScheduleStatus(last_trigger=value).patch()
             rt.kube.patch_status(resources.SCHEDULE, namespace, name, triggered)
             rt.kube.event(fresh, "Normal", "Triggered", message)
+        wanted = ((body["metadata"].get("annotations") or {}).get(resources.BACKFILL_ANNOTATION) or "").strip()
+        if wanted and wanted != old.get("lastBackfill"):
+            _backfill(rt, conn, fresh, wanted)
     sync(rt, namespace, name)
+
+
+def _backfill(rt: Runtime, conn: Any, schedule: dict[str, Any], value: str) -> None:
+    """Act on a new backfill annotation value ('<from>/<to>'): each tick in the range once, then remember it.
+    A second pass over one value (a restart before the status write) starts nothing: the ticks have runs."""
+    namespace, name, _ = resources.identity(schedule)
+    try:
+        first, last = scheduler.parse_range(value, field=resources.BACKFILL_ANNOTATION)
+        done = scheduler.backfill(conn, store.row_name(namespace, name), first, last, rt.settings)
+    except InvalidInput as exc:
+        rt.kube.event(schedule, "Warning", "BackfillRefused", str(exc))
+    else:
+        started = done.started
+        rt.kube.event(schedule, "Normal", "Backfilled", (
+            f"{resources.BACKFILL_ANNOTATION}={value}: {len(done.ticks)} tick(s), {len(started.created)} run(s) "
+            f"started, {len(started.buffered)} buffered, {len(done.existing)} already had a run, "
+            f"{len(started.skipped)} skipped by concurrencyPolicy"))
+    rt.kube.patch_status(resources.SCHEDULE, namespace, name, resources.ScheduleStatus(last_backfill=value).patch())
 
 
 def forget(rt: Runtime, body: Mapping[str, Any]) -> None:
@@ -88,9 +110,12 @@ def sync(rt: Runtime, namespace: str, name: str) -> None:
             return
         _sync_children(rt, body, runs.kept)
         old = body.get("status") or {}
-        new = status.schedule_status(_view(name, runs), _now(), old, generation=old.get("observedGeneration"))
+        view = _view(name, runs)
+        new = status.schedule_status(view, _now(), old, generation=old.get("observedGeneration"))
         if status.changed(old, new):
             rt.kube.patch_status(resources.SCHEDULE, namespace, name, new)
+        if view.paused_reason and status.condition_changed(old, new, status.SUSPENDED):
+            rt.kube.event(body, "Warning", status.PAUSED_AFTER_FAILURES, view.paused_reason)
 
 
 def _view(name: str, runs: store.ScheduleRuns) -> status.ScheduleView:
@@ -103,7 +128,8 @@ def _view(name: str, runs: store.ScheduleRuns) -> status.ScheduleView:
         last_state=newest.get("state"),
         last_name=children.child_name(name, newest["id"]) if newest.get("id") else None,
         last_failed_reason=status.reason_of("error", finished.get("reason")) if failed else None,
-        last_failed_message=(finished.get("error") or None) if failed else None)
+        last_failed_message=(finished.get("error") or None) if failed else None,
+        paused_reason=row.get("paused_reason") if row.get("paused") else None)
 
 
 def _sync_children(rt: Runtime, schedule: dict[str, Any], kept: Iterable[dict[str, Any]]) -> None:

@@ -213,6 +213,19 @@ class ScheduleView:
     last_name: str | None = None
     last_failed_reason: str | None = None  # set when the newest *finished* run failed
     last_failed_message: str | None = None
+    paused_reason: str | None = None  # set when the schedule paused itself after failed runs in a row
+
+
+PAUSED_AFTER_FAILURES = "PausedAfterFailures"  # the Suspended condition's reason when failures paused it
+
+
+def _suspended(view: ScheduleView, now: datetime, before: Any, generation: int | None) -> dict[str, Any]:
+    if view.paused and view.paused_reason:
+        return condition(SUSPENDED, "True", PAUSED_AFTER_FAILURES,
+                         f"{view.paused_reason}; resume with `kubetasks schedules resume`", now, before, generation)
+    return condition(SUSPENDED, "True" if view.paused else "False", "Suspended" if view.paused else "Active",
+                     "spec.suspend is true: no new runs start" if view.paused else "New runs start on schedule",
+                     now, before, generation)
 
 
 def schedule_status(view: ScheduleView | None, now: datetime, previous: Mapping[str, Any] | None = None,
@@ -230,9 +243,7 @@ def schedule_status(view: ScheduleView | None, now: datetime, previous: Mapping[
     conditions = [
         condition(READY, "True", "Scheduled", "Stored; the scheduler fires it on time", now, before,
                   generation),
-        condition(SUSPENDED, "True" if view.paused else "False", "Suspended" if view.paused else "Active",
-                  "spec.suspend is true: no new runs start" if view.paused else "New runs start on schedule",
-                  now, before, generation),
+        _suspended(view, now, before, generation),
     ]
     if view.last_failed_reason:
         conditions.append(condition(LAST_RUN_FAILED, "True", view.last_failed_reason,

@@ -12,17 +12,18 @@ schedule is stored, because only a process that imported the actor modules can k
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from . import notifyrules, protocol, registry
+from . import cron, durations, notifyrules, overlap, protocol, registry
 from .errors import InvalidInput
 
 GROUP = "kubetasks.dev"
@@ -62,6 +63,43 @@ def check_cron(expression: str) -> str:
     except (CroniterBadCronError, CroniterError, ValueError, KeyError) as exc:
         raise _custom("cron", f"invalid cron {expression!r}: {exc}", CRON_FIX) from None
     return cron
+
+
+def check_duration(value: str, *, minimum: int = 1) -> str:
+    """Refuse what `durations.parse` cannot read, or a duration below `minimum` seconds."""
+    try:
+        seconds = durations.parse(value)
+    except ValueError as exc:
+        raise _custom("duration", str(exc), durations.FIX) from None
+    if seconds < minimum:
+        raise _custom("duration", f"{value!r} is shorter than {minimum}s", f"give at least {minimum}s")
+    return value
+
+
+TIME_FIX = "write e.g. '2026-01-31T02:00:00Z' or '2026-01-31T03:00:00+01:00'"
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 time with a UTC offset; ValueError (saying what is wrong) otherwise."""
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset (end it with 'Z' or an offset like '+01:00')")
+    return parsed
+
+
+def check_time(value: str | datetime) -> str:
+    """A startTime / endTime, kept as text (the CRD's `date-time`)."""
+    if isinstance(value, datetime):  # YAML reads an unquoted timestamp as a datetime
+        value = value.isoformat()
+    try:
+        parse_time(value)
+    except ValueError as exc:
+        raise _custom("time", str(exc), TIME_FIX) from None
+    return value
 
 
 def check_time_zone(name: str) -> str:
@@ -106,9 +144,16 @@ class ScheduleSpec(_Model):
         default="default",
         description="Queue the runs are put on; only workers consuming it run them.",
         json_schema_extra={"pattern": protocol.QUEUE_PATTERN, "maxLength": 128})
-    schedule: str = Field(
+    every: str | None = Field(
+        default=None,
+        description="A plain interval instead of cron, e.g. '90m', '1h30m', '45s' (at least 1s): ticks at "
+                    "startTime plus whole intervals, or at whole intervals since 1970-01-01T00:00:00Z "
+                    "without a startTime.")
+    schedule: str | None = Field(
+        default=None, validate_default=True,
         description="Unix cron expression with 5 fields (minute hour day-of-month month day-of-week) or a "
-                    "macro (@hourly, @daily, @weekly, @monthly, @yearly), evaluated in timeZone.")
+                    "macro (@hourly, @daily, @weekly, @monthly, @yearly), evaluated in timeZone. Give this or "
+                    "every.")
     time_zone: str = Field(
         default="UTC",
         description="IANA time zone the schedule is evaluated in, e.g. 'Europe/Berlin'. A time skipped by a "
@@ -117,14 +162,42 @@ class ScheduleSpec(_Model):
     suspend: bool = Field(
         default=False,
         description="When true no new runs are started; runs already started are not affected.")
-    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
+    concurrency_policy: overlap.Policy = Field(
         default="Allow",
         description="What to do when a tick comes while a previous run is queued or running: Allow starts "
-                    "another, Forbid skips the tick, Replace cancels the previous run and starts a new one.")
-    missed_run_policy: Literal["Skip", "RunOnce"] = Field(
+                    "another, Forbid skips the tick, Replace cancels the previous run and starts a new one, "
+                    "CancelOther cancels the previous run and starts the new one once it has stopped, "
+                    "BufferOne queues the new run until the previous one ends (at most one waits; further "
+                    "ticks are skipped), BufferAll queues every tick's run, started one at a time in order.")
+    missed_run_policy: Literal["Skip", "RunOnce", "CatchUp"] = Field(
         default="RunOnce",
         description="What to do with ticks missed while no scheduler ran: Skip drops them, RunOnce starts "
-                    "one run for all of them (if within startingDeadlineSeconds).")
+                    "one run for all of them (if within startingDeadlineSeconds), CatchUp starts one run for "
+                    "each missed tick inside catchupWindow, oldest first, at most maxCatchupRuns.")
+    catchup_window: str | None = Field(
+        default=None, validate_default=True,
+        description="With missedRunPolicy CatchUp (required then): how far back missed ticks are still run, "
+                    "e.g. '6h'; older ticks are dropped.")
+    max_catchup_runs: int = Field(
+        default=100, ge=1, le=1000,
+        description="With missedRunPolicy CatchUp: the most runs one catch-up starts (the newest ticks "
+                    "inside the window win).")
+    jitter: str | None = Field(
+        default=None,
+        description="A random delay of each run, at most this long (e.g. '30s', '5m'), the same for a tick "
+                    "whichever scheduler fires it; the run's tick stays the nominal time.")
+    start_time: str | None = Field(
+        default=None,
+        description="RFC 3339 time before which no tick runs (and the anchor of every).",
+        json_schema_extra={"format": "date-time"})
+    end_time: str | None = Field(
+        default=None,
+        description="RFC 3339 time after which no tick runs; the schedule then has no next run.",
+        json_schema_extra={"format": "date-time"})
+    pause_after_failures: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Pause the schedule after this many failed runs in a row (cancelled runs do not "
+                    "count); the Suspended condition and an Event say why. Resume it to go on.")
     starting_deadline_seconds: int | None = Field(
         default=None, gt=0, le=2_147_483_647,
         description="A tick not fired within this many seconds of its time is skipped; unset means no "
@@ -152,10 +225,62 @@ class ScheduleSpec(_Model):
         description="Who hears about the runs' outcomes: each rule names events (succeeded, warning, failed, "
                     "retriesExhausted, cancelled, consecutiveFailures) and one target (email or webhook).")
 
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        return None if value is None else check_duration(value)
+
     @field_validator("schedule")
     @classmethod
-    def _cron(cls, value: str) -> str:
-        return check_cron(value)
+    def _cron(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "every" in info.data and (info.data["every"] is None) == (value is None):
+            raise _custom("schedule", "give exactly one of schedule (cron) and every (an interval)",
+                          "e.g. schedule: \"*/5 * * * *\" or every: 90m")
+        return None if value is None else check_cron(value)
+
+    @field_validator("catchup_window")
+    @classmethod
+    def _window(cls, value: str | None, info: ValidationInfo) -> str | None:
+        policy = info.data.get("missed_run_policy")
+        if policy == "CatchUp" and value is None:
+            raise _custom("catchup", "missedRunPolicy CatchUp needs a catchupWindow",
+                          "add catchupWindow, e.g. catchupWindow: 6h")
+        if value is not None and policy is not None and policy != "CatchUp":
+            raise _custom("catchup", "is only used with missedRunPolicy CatchUp",
+                          "set missedRunPolicy: CatchUp, or remove catchupWindow")
+        return None if value is None else check_duration(value)
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter(cls, value: str | None) -> str | None:
+        return None if value is None else check_duration(value, minimum=0)
+
+    @field_validator("start_time", "end_time", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> object:
+        return value if value is None or not isinstance(value, str | datetime) else check_time(value)
+
+    @field_validator("end_time")
+    @classmethod
+    def _end_after_start(cls, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get("start_time")
+        if value is not None and start is not None and parse_time(value) <= parse_time(start):
+            raise _custom("time", f"{value} is not after startTime {start}",
+                          "move endTime after startTime, or remove one of them")
+        return value
+
+    @property
+    def expression(self) -> str:
+        """What the row's `cron` column stores: the cron expression, or `@every <interval>`."""
+        if self.schedule is not None:
+            return self.schedule
+        return cron.every(durations.parse(self.every if self.every is not None else 0))
+
+    @property
+    def times(self) -> tuple[datetime | None, datetime | None]:
+        """(startTime, endTime) as instants."""
+        return (parse_time(self.start_time) if self.start_time else None,
+                parse_time(self.end_time) if self.end_time else None)
 
     @field_validator("time_zone")
     @classmethod

@@ -42,7 +42,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import db, protocol, queries
+from . import db, notifyrules, protocol, queries
 from .settings import NotificationSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,23 @@ def _subject_path(event: dict[str, Any]) -> str:
     return f"schedules/{payload['schedule']}" if payload.get("schedule") else "tasks"
 
 
+def _missed(event: dict[str, Any]) -> bool:
+    """A schedule's missed tick: its payload names the schedule and the tick, there is no task."""
+    return bool(event["event_type"] == notifyrules.EVENT_TYPES[notifyrules.SCHEDULE_MISSED])
+
+
 def cloudevent(event: dict[str, Any], settings: NotificationSettings) -> dict[str, Any]:
     """The CloudEvents 1.0 structured-mode JSON of an outbox row."""
     payload = dict(event["payload"])
     data = {**payload, "link": link(payload, settings)}
+    missed = _missed(event)
+    subject = f"schedule/{payload['schedule']}/tick/{payload['tick']}" if missed else f"task/{payload['id']}"
     return {
         "specversion": "1.0",
         "id": str(event["event_id"]),
         "source": f"{settings.source.rstrip('/')}/{_subject_path(event)}",
         "type": event["event_type"],
-        "subject": f"task/{payload['id']}",
+        "subject": subject,
         "time": _time(event["created_at"]),
         "datacontenttype": "application/json",
         "data": {k: v for k, v in data.items() if v is not None},
@@ -84,7 +91,7 @@ def cloudevent(event: dict[str, Any], settings: NotificationSettings) -> dict[st
 
 
 def link(payload: dict[str, Any], settings: NotificationSettings) -> str | None:
-    if not settings.dashboard_url:
+    if not settings.dashboard_url or payload.get("id") is None:
         return None
     # The dashboard's API view of the task: its state, error and every attempt's log.
     return f"{settings.dashboard_url.rstrip('/')}/api/v1/tasks/{payload['id']}"
@@ -98,6 +105,8 @@ def _what(event: dict[str, Any]) -> str:
 def summary(event: dict[str, Any]) -> str:
     """One line: '[kubetasks] task 42 (reports.nightly) failed'."""
     payload = event["payload"]
+    if _missed(event):
+        return f"[kubetasks] schedule {payload['schedule']} {payload['actor']}: missed tick {payload['tick']}"
     about = f"schedule {payload['schedule']}" if payload.get("schedule") else f"task {payload['id']}"
     if payload.get("schedule"):
         about += f" (task {payload['id']})"
@@ -109,6 +118,10 @@ def summary(event: dict[str, Any]) -> str:
 
 def body(event: dict[str, Any], settings: NotificationSettings) -> str:
     payload = event["payload"]
+    if _missed(event):
+        return "\n".join([summary(event), "", f"Schedule:  {payload['schedule']}", f"Actor:     {payload['actor']}",
+                          f"Tick:      {payload['tick']}", f"Why:       {payload['why']}", "",
+                          f"Event id: {event['event_id']}"]) + "\n"
     duration = payload.get("durationSeconds")
     lines = [
         summary(event), "",

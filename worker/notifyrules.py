@@ -32,9 +32,12 @@ from pydantic_core import PydanticCustomError
 
 from .errors import InvalidInput
 
-Event = Literal["succeeded", "warning", "failed", "retriesExhausted", "cancelled", "consecutiveFailures"]
+Event = Literal["succeeded", "warning", "failed", "retriesExhausted", "cancelled", "consecutiveFailures",
+                "scheduleMissed"]
 EVENTS: Final[tuple[str, ...]] = ("succeeded", "warning", "failed", "retriesExhausted", "cancelled",
-                                  "consecutiveFailures")
+                                  "consecutiveFailures", "scheduleMissed")
+# Written by the scheduler, not by a task's outcome: a tick of a schedule that got no run (see scheduler.py).
+SCHEDULE_MISSED: Final = "scheduleMissed"
 # The CloudEvents types the trigger writes (`dev.kubetasks.<subject>.<what>`).
 EVENT_TYPES: Final[dict[str, str]] = {
     "succeeded": "dev.kubetasks.task.succeeded",
@@ -43,7 +46,13 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "cancelled": "dev.kubetasks.task.cancelled",
     "retriesExhausted": "dev.kubetasks.task.retries_exhausted",
     "consecutiveFailures": "dev.kubetasks.schedule.consecutive_failures",
+    "scheduleMissed": "dev.kubetasks.schedule.missed",
 }
+
+
+def wanting(rules: Sequence[dict[str, Any]] | None, event: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, rule) of the stored rules (dump's JSON) that name `event`."""
+    return [(index, rule) for index, rule in enumerate(rules or ()) if event in (rule.get("events") or ())]
 
 # Deliberately plain: one '@', no whitespace or control characters (no header injection), a dotted domain.
 _EMAIL: Final = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -128,7 +137,9 @@ class NotificationRule(_Model):
         min_length=1,
         description="Outcomes that notify: succeeded, warning, failed (any final error), retriesExhausted "
                     "(failed after every retry), cancelled, consecutiveFailures (the Nth failed run of a "
-                    "schedule in a row). One event per rule and outcome; the most specific matching type.")
+                    "schedule in a row), scheduleMissed (a tick of a schedule skipped by Forbid or BufferOne, "
+                    "or lost to downtime outside what the missed-run policy runs; one event per tick). One "
+                    "event per rule and outcome; the most specific matching type.")
     consecutive_failures: int | None = Field(
         default=None, ge=1, le=1000,
         description="N for consecutiveFailures (default 3): notify when a schedule's Nth run in a row fails.")

@@ -13,13 +13,13 @@ module (never the other way round), and the tick arithmetic both use is `cron`.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import cron, db, manifests, notifyrules, queries, queue, registry
+from . import cron, db, durations, manifests, notifyrules, queries, queue, registry
 from .db import Conn
 from .errors import InvalidInput, UnknownActor
 from .manifests import ScheduleSpec
@@ -29,7 +29,10 @@ from .settings import Settings, get_settings
 _SPEC_COLUMNS = ("actor", "args", "queue", "cron", "time_zone", "paused", "concurrency_policy",
                  "missed_run_policy", "starting_deadline_seconds", "time_limit", "max_retries", "retry_backoff",
                  "priority", "deduplicate", "successful_runs_history_limit", "failed_runs_history_limit", "source",
-                 "notify")
+                 "notify", "catchup_window", "catchup_max_runs", "jitter", "start_time", "end_time",
+                 "pause_after_failures")
+# Columns that decide which ticks exist: a change recomputes next_run.
+_TICK_COLUMNS = ("cron", "time_zone", "start_time", "end_time")
 
 
 class ScheduleNotFound(InvalidInput, LookupError):
@@ -41,7 +44,7 @@ class ScheduleNotFound(InvalidInput, LookupError):
 def columns(name: str, spec: ScheduleSpec, source: str) -> dict[str, Any]:
     """The row a spec becomes (without next_run)."""
     return {
-        "name": name, "actor": spec.actor, "args": spec.args, "queue": spec.queue, "cron": spec.schedule,
+        "name": name, "actor": spec.actor, "args": spec.args, "queue": spec.queue, "cron": spec.expression,
         "time_zone": spec.time_zone, "paused": spec.suspend, "concurrency_policy": spec.concurrency_policy,
         "missed_run_policy": spec.missed_run_policy,
         "starting_deadline_seconds": spec.starting_deadline_seconds, "time_limit": spec.time_limit_seconds,
@@ -50,13 +53,36 @@ def columns(name: str, spec: ScheduleSpec, source: str) -> dict[str, Any]:
         "successful_runs_history_limit": spec.successful_runs_history_limit,
         "failed_runs_history_limit": spec.failed_runs_history_limit, "source": source,
         "notify": notifyrules.dump(spec.notifications),
+        "catchup_window": _seconds(spec.catchup_window), "catchup_max_runs": spec.max_catchup_runs,
+        "jitter": _seconds(spec.jitter), "start_time": spec.times[0], "end_time": spec.times[1],
+        "pause_after_failures": spec.pause_after_failures,
     }
+
+
+def _seconds(duration: str | int | None) -> float | None:
+    return None if duration is None else float(durations.parse(duration))
+
+
+def _duration(seconds: float | None) -> str | None:
+    return None if seconds is None else durations.format_seconds(seconds)
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def tick_bounds(row: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """(start_time, end_time) of a stored row: the range its ticks lie in."""
+    return row.get("start_time"), row.get("end_time")
 
 
 def spec_of(row: dict[str, Any]) -> ScheduleSpec:
     """The spec a stored row stands for (what `schedules show` prints and the operator compares)."""
+    every = cron.interval_of(row["cron"])
     return ScheduleSpec(
-        actor=row["actor"], args=row["args"], queue=row["queue"], schedule=row["cron"],
+        actor=row["actor"], args=row["args"], queue=row["queue"],
+        schedule=None if every is not None else row["cron"],
+        every=durations.format_seconds(every.total_seconds()) if every is not None else None,
         time_zone=row["time_zone"], suspend=row["paused"], concurrency_policy=row["concurrency_policy"],
         missed_run_policy=row["missed_run_policy"], starting_deadline_seconds=row["starting_deadline_seconds"],
         time_limit_seconds=row["time_limit"],
@@ -64,7 +90,10 @@ def spec_of(row: dict[str, Any]) -> ScheduleSpec:
         deduplicate=row["deduplicate"], priority=row["priority"],
         successful_runs_history_limit=row["successful_runs_history_limit"],
         failed_runs_history_limit=row["failed_runs_history_limit"],
-        notifications=notifyrules.parse(row.get("notify"), field="notify"))
+        notifications=notifyrules.parse(row.get("notify"), field="notify"),
+        catchup_window=_duration(row.get("catchup_window")), max_catchup_runs=row.get("catchup_max_runs") or 100,
+        jitter=_duration(row.get("jitter")), start_time=_time(row.get("start_time")),
+        end_time=_time(row.get("end_time")), pause_after_failures=row.get("pause_after_failures"))
 
 
 def validate(name: str, spec: ScheduleSpec, *, validate_actor: bool = True,
@@ -84,12 +113,19 @@ def apply(conn: Conn, name: str, spec: ScheduleSpec, source: str = "manifest", *
     with conn.transaction():
         at = now or db.now(conn)
         old = conn.execute(queries.get("schedule_lock"), {"name": name}).fetchone()
-        if old is not None and all(_same(old[c], wanted[c]) for c in _SPEC_COLUMNS):
+        # A schedule that paused itself after failures stays paused through an unchanged spec's re-apply
+        # (the operator re-applies often); resuming, or suspend: true then false, lets it go.
+        self_paused = old is not None and old["paused_reason"] is not None and not spec.suspend
+        if self_paused:
+            wanted["paused"] = True
+        wanted["paused_reason"] = old["paused_reason"] if self_paused and old is not None else None
+        if old is not None and all(_same(old[c], wanted[c]) for c in (*_SPEC_COLUMNS, "paused_reason")):
             return {**get(conn, name), "action": "unchanged"}
         next_run = old["next_run"] if old is not None else None
-        if (next_run is None or old is None or old["cron"] != spec.schedule
-                or old["time_zone"] != spec.time_zone or (old["paused"] and not spec.suspend)):
-            next_run = cron.next_tick(spec.schedule, spec.time_zone, at)
+        start, end = spec.times
+        if (next_run is None or old is None or any(old[c] != wanted[c] for c in _TICK_COLUMNS)
+                or (old["paused"] and not wanted["paused"])):
+            next_run = cron.next_tick(spec.expression, spec.time_zone, at, start, end)
         conn.execute(queries.get("schedule_upsert"), {
             **wanted, "args": Jsonb(spec.args), "next_run": next_run,
             "notify": Jsonb(wanted["notify"]) if wanted["notify"] is not None else None})
@@ -147,7 +183,7 @@ def resume(conn: Conn, name: str, *, settings: Settings | None = None,
             raise InvalidInput("name", f"schedule {name!r} is not paused",
                                "use `kubetasks schedules trigger` to start a run now")
         task = enqueue_run(conn, row, settings, tick=None)
-        next_run = cron.next_tick(row["cron"], row["time_zone"], at)
+        next_run = cron.next_tick(row["cron"], row["time_zone"], at, *tick_bounds(row))
         conn.execute(queries.get("schedule_set_paused"), {"name": name, "paused": False, "next_run": next_run})
         conn.execute(queries.get("schedule_mark_run"), {"name": name, "now": at})
     return {**get(conn, name), "task_id": task.id if task else None,

@@ -101,6 +101,18 @@ def test_apply_then_list_show_and_operate_schedules(dsn: str, tmp_path: Path) ->
     assert "error: name: schedule 'default/hook' does not exist" in kt("schedules", "show", "hook", code=2).stderr
 
 
+def test_schedules_backfill_starts_each_tick_once(dsn: str, tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", SCHEDULE.format(name="hook", actor="kubetasks.http", cron="0 * * * *"))
+    kt("apply", "-f", str(path))
+    args = ("schedules", "backfill", "hook", "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-01T03:00:00Z")
+    assert kt(*args).stdout == ("default/hook: 4 tick(s) from 2026-11-01 00:00:00Z to 2026-11-01 03:00:00Z; "
+                                "4 run(s) started, 0 buffered, 0 already had a run, 0 skipped\n")
+    again = kt_json(*args)
+    assert (len(again["ticks"]), len(again["existing"]), again["created"]) == (4, 4, [])
+    assert kt("schedules", "backfill", "hook", "--from", "yesterday", "--to", "2026-11-01T03:00:00Z",
+              code=2).stderr.startswith("error: --from: 'yesterday' is not an RFC 3339 time (write e.g.")
+
+
 def test_tasks_stats_list_show_json(dsn: str) -> None:
     first = kt_json("enqueue", "kubetasks.http", "--args", '{"url": "http://127.0.0.1:9/"}', "--queue", "hooks")
     second = kt_json("enqueue", "kubetasks.command", "--args", '{"argv": ["date"]}')

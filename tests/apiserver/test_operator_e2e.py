@@ -310,6 +310,26 @@ def test_schedule_runs_show_up_as_owned_taskruns(ns: str, kubectl: Kubectl, api:
     assert sql(database, "SELECT name FROM kubetasks.schedules WHERE name = %s", f"{ns}/report") == []
 
 
+def test_backfill_annotation_and_pause_after_failures(ns: str, kubectl: Kubectl, api: client.ApiClient,
+                                                       database: str, worker: Process) -> None:
+    apply(kubectl, ns, schedule("flaky", actor="t.fail", schedule="0 * * * *", pauseAfterFailures=2,
+                                retries={"limit": 0}, failedRunsHistoryLimit=5))
+    wait(lambda: condition(get(api, "schedules", ns, "flaky"), "Ready").get("status") == "True", "Ready")
+    hour = int(time.time()) // 3600 * 3600
+    value = (time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour - 3 * 3600)) + "/"
+             + time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour - 2 * 3600)))  # two past ticks
+    kubectl("annotate", "-n", ns, "schedule/flaky", f"kubetasks.dev/backfill={value}")
+    wait(lambda: status_of(api, "schedules", ns, "flaky").get("lastBackfill") == value, "the backfill")
+    assert ("Normal", "Backfilled") in events(kubectl, ns, "flaky")
+    # Both backfilled runs fail on the worker: the second pauses the schedule, which the operator reports.
+    suspended = wait(lambda: (c := condition(get(api, "schedules", ns, "flaky"), "Suspended")).get("reason")
+                     == "PausedAfterFailures" and c, "paused after two failed runs", timeout=60)
+    assert suspended["status"] == "True" and suspended["message"].startswith("2 failed runs in a row")
+    wait(lambda: ("Warning", "PausedAfterFailures") in events(kubectl, ns, "flaky"), "the Event")
+    assert sql(database, "SELECT count(*) AS n FROM kubetasks.tasks WHERE schedule_name = %s",
+               f"{ns}/flaky") == [{"n": 2}]
+
+
 def test_taskrun_lifecycle_success_failure_and_retries(ns: str, kubectl: Kubectl, api: client.ApiClient,
                                                       worker: Process, tmp_path: Path) -> None:
     apply(kubectl, ns, "---\n".join([

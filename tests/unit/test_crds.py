@@ -109,9 +109,13 @@ def test_schedule_spec_is_the_manifest_model() -> None:
     spec = _schema("schedules")["properties"]["spec"]
     aliases = {f.alias or name for name, f in manifests.ScheduleSpec.model_fields.items()}
     assert set(spec["properties"]) == aliases
-    assert spec["required"] == ["actor", "schedule"]
+    assert spec["required"] == ["actor"]  # and one of schedule / every, by a CEL rule
+    assert {r["rule"] for r in spec["x-kubernetes-validations"]} >= {"has(self.schedule) != has(self.every)"}
     assert spec["properties"]["timeZone"]["default"] == "UTC"
-    assert spec["properties"]["concurrencyPolicy"]["enum"] == ["Allow", "Forbid", "Replace"]
+    assert spec["properties"]["concurrencyPolicy"]["enum"] == [
+        "Allow", "Forbid", "Replace", "BufferOne", "BufferAll", "CancelOther"]
+    assert spec["properties"]["missedRunPolicy"]["enum"] == ["Skip", "RunOnce", "CatchUp"]
+    assert spec["properties"]["startTime"]["format"] == "date-time"
     assert spec["properties"]["startingDeadlineSeconds"]["nullable"] is True
     assert spec["properties"]["args"]["x-kubernetes-preserve-unknown-fields"] is True
     retries = spec["properties"]["retries"]

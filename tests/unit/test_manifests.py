@@ -68,8 +68,8 @@ def test_valid_cron(cron: str) -> None:
     ({"timeZone": "../../etc/passwd"}, "spec.timeZone", "unknown time zone"),
     ({"actor": "has space"}, "spec.actor", "not a valid actor name"),
     ({"queue": "a b"}, "spec.queue", "not a valid queue name"),
-    ({"concurrencyPolicy": "Sometimes"}, "spec.concurrencyPolicy", "'Allow', 'Forbid' or 'Replace'"),
-    ({"missedRunPolicy": "All"}, "spec.missedRunPolicy", "'Skip' or 'RunOnce'"),
+    ({"concurrencyPolicy": "Sometimes"}, "spec.concurrencyPolicy", "'BufferOne', 'BufferAll' or 'CancelOther'"),
+    ({"missedRunPolicy": "All"}, "spec.missedRunPolicy", "'Skip', 'RunOnce' or 'CatchUp'"),
     ({"startingDeadlineSeconds": 0}, "spec.startingDeadlineSeconds", "greater than 0"),
     ({"timeLimitSeconds": -1.5}, "spec.timeLimitSeconds", "greater than 0"),
     ({"retries": {"limit": -1}}, "spec.retries.limit", "greater than or equal to 0"),
@@ -98,7 +98,9 @@ def test_missing_required_fields_are_all_reported() -> None:
         manifests.parse_manifest({"apiVersion": manifests.API_VERSION, "kind": "Schedule",
                                   "metadata": {"name": "s"}, "spec": {}})
     assert sorted(e.field for e in info.value.errors) == ["spec.actor", "spec.schedule"]
-    assert all(e.problem == "field required" and e.fix == "add it" for e in info.value.errors)
+    actor, schedule = sorted(info.value.errors, key=lambda e: e.field)
+    assert (actor.problem, actor.fix) == ("field required", "add it")
+    assert schedule.problem == "give exactly one of schedule (cron) and every (an interval)"
 
 
 @pytest.mark.parametrize(("metadata", "field"), [
@@ -124,7 +126,8 @@ def test_every_schema_property_has_a_description() -> None:
                for prop, info in body.get("properties", {}).items() if not info.get("description")]
     assert missing == []
     spec = schema["$defs"]["ScheduleSpec"]["properties"]
-    assert spec["concurrencyPolicy"]["enum"] == ["Allow", "Forbid", "Replace"]
+    assert spec["concurrencyPolicy"]["enum"] == ["Allow", "Forbid", "Replace", "BufferOne", "BufferAll",
+                                                 "CancelOther"]
     assert spec["args"]["x-kubernetes-preserve-unknown-fields"] is True
     assert (spec["priority"]["minimum"], spec["priority"]["maximum"]) == (-32768, 32767)
 

@@ -135,6 +135,19 @@ def test_schedule_conditions() -> None:
     assert _types(s)["LastRunFailed"] == ("True", "TimedOut")
 
 
+def test_a_schedule_paused_by_failures_says_why_in_suspended() -> None:
+    view = status.ScheduleView(paused=True, next_run=NOW, last_run=NOW, last_success=None, active=0,
+                               last_state="error", last_failed_reason="Failed", last_failed_message="boom",
+                               paused_reason="3 failed runs in a row (pauseAfterFailures 3); the last, task 9: boom")
+    s = status.schedule_status(view, NOW)
+    suspended = next(c for c in s["conditions"] if c["type"] == "Suspended")
+    assert (suspended["status"], suspended["reason"]) == ("True", status.PAUSED_AFTER_FAILURES)
+    assert suspended["message"].startswith("3 failed runs in a row")
+    assert "kubetasks schedules resume" in suspended["message"]
+    before = status.schedule_status(status.ScheduleView(False, NOW, None, None, 0), NOW)
+    assert status.condition_changed(before, s, status.SUSPENDED)  # what makes the operator post its Event
+
+
 def test_refused_schedule_keeps_its_other_conditions() -> None:
     before = status.schedule_status(status.ScheduleView(False, NOW, None, None, 0), NOW)
     s = status.schedule_status(None, NOW, before, generation=4, invalid=("InvalidTimeZone", "spec.timeZone: bad"))

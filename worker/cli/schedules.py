@@ -58,7 +58,8 @@ def schedules_show(ctx: click.Context, name: str, as_json: bool) -> None:
         emit_json({"schedule": row, "spec": spec, "runs": [t.as_json() for t in runs]})
         return
     for label, value in (("name", row["name"]), ("source", row["source"]),
-                         ("paused", "yes" if row["paused"] else "no"), ("next run", when(row["next_run"])),
+                         ("paused", ("yes: " + row["paused_reason"]) if row["paused"] and row.get("paused_reason")
+                          else "yes" if row["paused"] else "no"), ("next run", when(row["next_run"])),
                          ("last run", when(row["last_run"])), ("last success", when(row["last_success"])),
                          ("active runs", row["active_runs"])):
         click.echo(f"{label + ':':<14}{value}")
@@ -119,3 +120,29 @@ def schedules_delete(ctx: click.Context, name: str) -> None:
     with connect(ctx) as conn:
         schedules.delete(conn, schedule_key(name))
     click.echo(f"{schedule_key(name)} deleted")
+
+
+@schedules_group.command("backfill")
+@click.argument("name")
+@click.option("--from", "first", required=True, metavar="TIME", help="First time of the range (RFC 3339).")
+@click.option("--to", "last", required=True, metavar="TIME", help="Last time of the range (RFC 3339), inclusive.")
+@json_option
+@click.pass_context
+def schedules_backfill(ctx: click.Context, name: str, first: str, last: str, as_json: bool) -> None:
+    """Start one run for each tick between --from and --to that has none, through the concurrency policy."""
+    from .. import scheduler  # lazy: `kubetasks worker` starts faster
+
+    start, end = scheduler.parse_time(first, "--from"), scheduler.parse_time(last, "--to")
+    with connect(ctx) as conn:
+        done = scheduler.backfill(conn, schedule_key(name), start, end, settings_of(ctx))
+    started = done.started
+    if as_json:
+        emit_json({"ticks": done.ticks, "existing": done.existing, "created": started.created,
+                   "buffered": started.buffered, "cancelled": started.cancelled,
+                   "skipped": [{"tick": tick, "why": why} for tick, why in started.skipped]})
+        return
+    click.echo(f"{schedule_key(name)}: {len(done.ticks)} tick(s) from {when(start)} to {when(end)}; "
+               f"{len(started.created)} run(s) started, {len(started.buffered)} buffered, "
+               f"{len(done.existing)} already had a run, {len(started.skipped)} skipped")
+    for tick, why in started.skipped:
+        click.echo(f"  {when(tick)}: {why}")

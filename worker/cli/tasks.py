@@ -214,7 +214,7 @@ def tasks_delete(ctx: click.Context, states: tuple[str, ...], actors: tuple[str,
 @click.option("--notify-email", "emails", multiple=True, metavar="ADDRESS",
               help="E-mail ADDRESS on the --notify-on events (the workers' SMTP settings). Repeatable.")
 @click.option("--notify-on", "notify_on", multiple=True, default=("failed",), show_default=True,
-              type=click.Choice([e for e in notifyrules.EVENTS if e != "consecutiveFailures"]),
+              type=click.Choice([e for e in notifyrules.EVENTS if e not in ("consecutiveFailures", "scheduleMissed")]),
               help="Events for --notify-webhook and --notify-email. Repeatable.")
 @click.option("--notify", "notify_json", metavar="JSON", help="Notification rules as a JSON list (the "
               "shape of a Schedule's spec.notifications).")

@@ -73,6 +73,8 @@ def edit_schedule(conn: Conn, name: str, *, cron: str | None, time_zone: str | N
         raise InvalidInput("cron", "nothing to change", "pass cron, time_zone or both")
     data = schedules.spec_of(row).model_dump(by_alias=True)
     data.update({k: v for k, v in (("schedule", cron), ("timeZone", time_zone)) if v is not None})
+    if cron is not None:
+        data["every"] = None  # a cron given replaces an interval
     spec = _parse_spec(data)
     return schedule_json(schedules.apply(conn, name, spec, source=row["source"], validate_actor=False))
 
@@ -86,8 +88,9 @@ def _parse_spec(data: dict[str, Any]) -> ScheduleSpec:
         spec = manifests.parse_spec(data)
     except InvalidInput as exc:
         raise InvalidInput(_SPEC_FIELDS.get(exc.field, exc.field), exc.problem, exc.fix) from None
-    if cron.next_tick(spec.schedule, spec.time_zone, datetime.now(UTC)) is None:
-        raise InvalidInput("cron", f"{spec.schedule!r} never fires again", "pick a time that will come")
+    start, end = spec.times
+    if cron.next_tick(spec.expression, spec.time_zone, datetime.now(UTC), start, end) is None:
+        raise InvalidInput("cron", f"{spec.expression!r} never fires again", "pick a time that will come")
     return spec
 
 

@@ -38,3 +38,14 @@ WHERE state <> 'pending' AND created_at < now() - make_interval(secs => %(older_
 
 -- notification_list: a task's events, oldest first (CLI, tests).
 SELECT * FROM kubetasks.notifications WHERE task_id = %(task_id)s ORDER BY id;
+
+-- notification_insert_missed: one outbox event per missed tick and rule naming scheduleMissed, written by the
+-- scheduler in the transaction that advances the schedule past the tick (so once, whoever fires it).
+WITH written AS (
+    INSERT INTO kubetasks.notifications (event_type, schedule_name, rule_index, rule, payload)
+    SELECT 'dev.kubetasks.schedule.missed', e.schedule_name, e.rule_index, e.rule::jsonb, e.payload::jsonb
+    FROM unnest(%(names)s::text[], %(rule_indexes)s::int[], %(rules)s::text[], %(payloads)s::text[])
+        AS e(schedule_name, rule_index, rule, payload)
+    RETURNING id
+)
+SELECT count(*) AS n, pg_notify('kubetasks_notification', '') FROM written HAVING count(*) > 0;

@@ -30,11 +30,13 @@ SELECT * FROM kubetasks.schedules WHERE name = %(name)s FOR UPDATE;
 INSERT INTO kubetasks.schedules AS s (
     name, actor, args, queue, cron, time_zone, paused, concurrency_policy, missed_run_policy,
     starting_deadline_seconds, time_limit, max_retries, retry_backoff, priority, deduplicate,
-    successful_runs_history_limit, failed_runs_history_limit, source, next_run, notify)
+    successful_runs_history_limit, failed_runs_history_limit, source, next_run, notify, catchup_window,
+    catchup_max_runs, jitter, start_time, end_time, pause_after_failures, paused_reason)
 VALUES (%(name)s, %(actor)s, %(args)s, %(queue)s, %(cron)s, %(time_zone)s, %(paused)s, %(concurrency_policy)s,
         %(missed_run_policy)s, %(starting_deadline_seconds)s, %(time_limit)s, %(max_retries)s, %(retry_backoff)s,
         %(priority)s, %(deduplicate)s, %(successful_runs_history_limit)s, %(failed_runs_history_limit)s,
-        %(source)s, %(next_run)s, %(notify)s)
+        %(source)s, %(next_run)s, %(notify)s, %(catchup_window)s, %(catchup_max_runs)s, %(jitter)s,
+        %(start_time)s, %(end_time)s, %(pause_after_failures)s, %(paused_reason)s)
 ON CONFLICT (name) DO UPDATE
 SET actor = EXCLUDED.actor, args = EXCLUDED.args, queue = EXCLUDED.queue, cron = EXCLUDED.cron,
     time_zone = EXCLUDED.time_zone, paused = EXCLUDED.paused, concurrency_policy = EXCLUDED.concurrency_policy,
@@ -43,15 +45,22 @@ SET actor = EXCLUDED.actor, args = EXCLUDED.args, queue = EXCLUDED.queue, cron =
     priority = EXCLUDED.priority, deduplicate = EXCLUDED.deduplicate,
     successful_runs_history_limit = EXCLUDED.successful_runs_history_limit,
     failed_runs_history_limit = EXCLUDED.failed_runs_history_limit, source = EXCLUDED.source,
-    next_run = EXCLUDED.next_run, notify = EXCLUDED.notify, updated_at = now()
+    next_run = EXCLUDED.next_run, notify = EXCLUDED.notify, catchup_window = EXCLUDED.catchup_window,
+    catchup_max_runs = EXCLUDED.catchup_max_runs, jitter = EXCLUDED.jitter, start_time = EXCLUDED.start_time,
+    end_time = EXCLUDED.end_time, pause_after_failures = EXCLUDED.pause_after_failures,
+    paused_reason = EXCLUDED.paused_reason,
+    -- a schedule let go of its pause (or changed) starts counting failures afresh
+    consecutive_failures = CASE WHEN EXCLUDED.paused THEN s.consecutive_failures ELSE 0 END, updated_at = now()
 RETURNING s.name;
 
 -- schedule_delete: remove a schedule; its past runs stay in kubetasks.tasks until purged.
 DELETE FROM kubetasks.schedules WHERE name = %(name)s RETURNING name;
 
--- schedule_set_paused: pause or resume; resuming also sets the next tick computed by the caller.
+-- schedule_set_paused: pause or resume; resuming also sets the next tick computed by the caller. Either way the
+-- schedule is no longer paused by failures: a pause by hand is the user's, and resuming counts afresh.
 UPDATE kubetasks.schedules
-SET paused = %(paused)s, next_run = coalesce(%(next_run)s, next_run), updated_at = now()
+SET paused = %(paused)s, next_run = coalesce(%(next_run)s, next_run), paused_reason = NULL,
+    consecutive_failures = 0, updated_at = now()
 WHERE name = %(name)s
 RETURNING name;
 
@@ -66,30 +75,10 @@ ORDER BY next_run, name
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
--- schedule_advance: move next_run on by compare-and-set (no change unless it is still the tick we handled),
--- and fold the newest success of the schedule's runs into last_success before old runs are pruned.
-UPDATE kubetasks.schedules s
-SET next_run = %(next_run)s, last_run = coalesce(%(last_run)s, s.last_run),
-    last_success = greatest(s.last_success, (
-        SELECT max(t.finished_at) FROM kubetasks.tasks t
-        WHERE t.schedule_name = s.name AND t.state IN ('successful', 'warning')))
-WHERE s.name = %(name)s AND s.next_run = %(expected)s
-RETURNING s.name;
-
 -- schedule_live_runs: runs of a schedule that are queued or running (Forbid and Replace look at them).
 SELECT id FROM kubetasks.tasks
 WHERE schedule_name = %(name)s AND state IN ('queued', 'running')
 ORDER BY id;
-
--- schedule_prune_history: keep the newest N successful and M failed (or cancelled) finished runs of a schedule.
-WITH ranked AS (
-    SELECT id, state IN ('successful', 'warning') AS ok,
-           row_number() OVER (PARTITION BY state IN ('successful', 'warning') ORDER BY id DESC) AS n
-    FROM kubetasks.tasks
-    WHERE schedule_name = %(name)s AND state NOT IN ('queued', 'running')
-)
-DELETE FROM kubetasks.tasks t USING ranked r
-WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN %(keep_successful)s ELSE %(keep_failed)s END;
 
 -- schedule_next_due: seconds until the earliest unpaused schedule is due, so schedulers wake right then;
 -- those whose firing just failed (`skip`) are left out, or a broken one would wake them at once, again and again.
@@ -99,24 +88,22 @@ WHERE NOT paused AND name <> ALL(%(skip)s::text[]);
 -- schedule_list_last_success: every schedule that ever succeeded and when it last did (for the metrics).
 SELECT name, last_success FROM kubetasks.schedules WHERE last_success IS NOT NULL;
 
--- schedule_live_runs_many: the newest queued or running run of each of these schedules (Forbid, in batches).
-SELECT schedule_name, max(id) AS id FROM kubetasks.tasks
-WHERE schedule_name = ANY(%(names)s::text[]) AND state IN ('queued', 'running')
-GROUP BY schedule_name;
-
 -- schedule_runs_insert_many: one run per (schedule, tick) of a batch; a tick that already has a run, or a
--- schedule whose live run holds its dedup key, inserts nothing (the unique indexes decide, not a read).
+-- schedule whose live run holds its dedup key, inserts nothing (the unique indexes decide, not a read). A run
+-- held back by its overlap policy has reason 'Buffered' and an eta that never comes until it is released.
 INSERT INTO kubetasks.tasks (queue, actor, args, priority, eta, max_retries, time_limit, retry_backoff,
-                             schedule_name, schedule_tick, dedup_key)
-SELECT r.queue, r.actor, r.args::jsonb, r.priority, now(), r.max_retries, r.time_limit, r.retry_backoff,
-       r.schedule_name, r.schedule_tick, r.dedup_key
+                             schedule_name, schedule_tick, dedup_key, reason, notify)
+SELECT r.queue, r.actor, r.args::jsonb, r.priority, coalesce(r.eta, now()), r.max_retries, r.time_limit,
+       r.retry_backoff, r.schedule_name, r.schedule_tick, r.dedup_key, r.reason, r.notify::jsonb
 FROM unnest(%(queues)s::text[], %(actors)s::text[], %(args)s::text[], %(priorities)s::int[],
             %(max_retries)s::int[], %(time_limits)s::float8[], %(retry_backoffs)s::float8[], %(names)s::text[],
-            %(ticks)s::timestamptz[], %(dedup_keys)s::text[])
+            %(ticks)s::timestamptz[], %(dedup_keys)s::text[], %(etas)s::timestamptz[], %(reasons)s::text[],
+            %(notifies)s::text[])
      AS r(queue, actor, args, priority, max_retries, time_limit, retry_backoff, schedule_name, schedule_tick,
-          dedup_key)
+          dedup_key, eta, reason, notify)
+ORDER BY r.schedule_name, r.schedule_tick
 ON CONFLICT DO NOTHING
-RETURNING id, schedule_name;
+RETURNING id, schedule_name, schedule_tick, reason;
 
 -- schedule_advance_many: schedule_advance for a batch (compare-and-set of each next_run).
 UPDATE kubetasks.schedules s
@@ -142,3 +129,44 @@ WITH keep AS (
 )
 DELETE FROM kubetasks.tasks t USING ranked r
 WHERE t.id = r.id AND r.n > CASE WHEN r.ok THEN r.keep_successful ELSE r.keep_failed END;
+
+-- schedule_run_counts_many: per schedule of a batch, its live runs (queued or running, not buffered) and its
+-- buffered ones: what the overlap policies decide on.
+SELECT schedule_name, count(*) FILTER (WHERE reason <> 'Buffered') AS live,
+       count(*) FILTER (WHERE reason = 'Buffered') AS buffered
+FROM kubetasks.tasks
+WHERE schedule_name = ANY(%(names)s::text[]) AND state IN ('queued', 'running')
+GROUP BY schedule_name;
+
+-- schedule_release_after_cancel: start the oldest buffered run of each schedule with nothing else live once no
+-- cancelled run of it still has an attempt a live worker has not recorded (CancelOther: the cancel has been
+-- acted on; for the other policies a backstop, e.g. after the live run was deleted); not while the schedule is
+-- paused. Driven by the tasks_buffered index; the live worker sessions ({lock:worker}) are read once.
+WITH held AS MATERIALIZED (
+    SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = {lock:worker} AND objsubid = 2
+), oldest AS MATERIALIZED (
+    SELECT DISTINCT ON (schedule_name) id, schedule_name FROM kubetasks.tasks
+    WHERE state = 'queued' AND reason = 'Buffered'
+    ORDER BY schedule_name, id
+), candidates AS MATERIALIZED (
+    SELECT b.id FROM oldest b
+    WHERE NOT EXISTS (SELECT FROM kubetasks.schedules s WHERE s.name = b.schedule_name AND s.paused)
+      AND NOT EXISTS (SELECT FROM kubetasks.tasks l
+                      WHERE l.schedule_name = b.schedule_name AND l.state IN ('queued', 'running')
+                        AND l.reason <> 'Buffered')
+      AND NOT EXISTS (SELECT FROM kubetasks.tasks c
+                      WHERE c.schedule_name = b.schedule_name AND c.state = 'cancelled'
+                        AND c.session::oid IN (SELECT objid FROM held)
+                        AND NOT EXISTS (SELECT FROM kubetasks.task_attempts a
+                                        WHERE a.task_id = c.id AND a.attempt = c.attempts))
+), released AS (
+    UPDATE kubetasks.tasks t SET eta = now(), reason = 'Queued', updated_at = now()
+    FROM candidates WHERE t.id = candidates.id AND t.state = 'queued' AND t.reason = 'Buffered'
+    RETURNING t.id, t.queue
+)
+SELECT released.id FROM released
+CROSS JOIN LATERAL (SELECT pg_notify('kubetasks', released.queue || ':' || released.id)) AS told;
+
+-- schedule_ticks_taken: which of these ticks of a schedule already have a run (a backfill leaves them be).
+SELECT schedule_tick FROM kubetasks.tasks
+WHERE schedule_name = %(name)s AND schedule_tick = ANY(%(ticks)s::timestamptz[]);

@@ -17,8 +17,10 @@ CREATE TABLE kubetasks.schedules (
     cron text NOT NULL,
     time_zone text NOT NULL DEFAULT 'UTC',
     paused boolean NOT NULL DEFAULT false,
-    concurrency_policy text NOT NULL DEFAULT 'Allow' CHECK (concurrency_policy IN ('Allow', 'Forbid', 'Replace')),
-    missed_run_policy text NOT NULL DEFAULT 'RunOnce' CHECK (missed_run_policy IN ('Skip', 'RunOnce')),
+    -- 0007 added BufferOne, BufferAll, CancelOther and CatchUp.
+    concurrency_policy text NOT NULL DEFAULT 'Allow' CHECK (
+        concurrency_policy IN ('Allow', 'Forbid', 'Replace', 'BufferOne', 'BufferAll', 'CancelOther')),
+    missed_run_policy text NOT NULL DEFAULT 'RunOnce' CHECK (missed_run_policy IN ('Skip', 'RunOnce', 'CatchUp')),
     starting_deadline_seconds integer CHECK (starting_deadline_seconds > 0),
     time_limit double precision CHECK (time_limit > 0),
     max_retries integer CHECK (max_retries >= 0),
@@ -38,7 +40,19 @@ CREATE TABLE kubetasks.schedules (
     successful_runs_history_limit integer NOT NULL DEFAULT 3 CHECK (successful_runs_history_limit >= 0),
     failed_runs_history_limit integer NOT NULL DEFAULT 1 CHECK (failed_runs_history_limit >= 0),
     -- 0004: notification rules (a JSON array, see worker/notifyrules.py), copied onto each run.
-    notify jsonb CHECK (jsonb_typeof(notify) = 'array')
+    notify jsonb CHECK (jsonb_typeof(notify) = 'array'),
+    -- 0007: catch-up after downtime (seconds, count), jitter (seconds of delay at most), the time range ticks
+    -- may lie in, and pausing after failed runs in a row (kept by the tasks_schedule_run_finished trigger).
+    catchup_window double precision CHECK (catchup_window > 0),
+    catchup_max_runs integer CHECK (catchup_max_runs > 0),
+    jitter double precision CHECK (jitter >= 0),
+    start_time timestamptz,
+    end_time timestamptz,
+    pause_after_failures integer CHECK (pause_after_failures > 0),
+    consecutive_failures integer NOT NULL DEFAULT 0 CHECK (consecutive_failures >= 0),
+    -- Why the schedule paused itself (NULL when it did not: suspended by its spec or by hand, or running).
+    paused_reason text,
+    CONSTRAINT schedules_start_before_end CHECK (end_time > start_time)
 );
 CREATE INDEX schedules_due ON kubetasks.schedules (next_run) WHERE NOT paused;
 
@@ -576,6 +590,69 @@ CREATE TRIGGER tasks_rescue_guard BEFORE UPDATE ON kubetasks.tasks
     FOR EACH ROW WHEN (NEW.reason = 'WorkerLost' AND OLD.session IS NOT NULL AND NEW.session IS NOT NULL)
     EXECUTE FUNCTION kubetasks.tasks_rescue_guard();
 
+-- 0007: Buffered runs, per schedule in order: what a run's end releases.
+CREATE INDEX tasks_buffered ON kubetasks.tasks (schedule_name, id) WHERE state = 'queued' AND reason = 'Buffered';
+
+-- A schedule's run reached a final state: count failures in a row (pausing the schedule at its limit), then
+-- release the oldest buffered run once no other run of the schedule is live (whatever the policy is now: runs
+-- buffered before a change of policy are not left behind), unless the schedule is paused. Under CancelOther a
+-- run whose attempt a live worker has not recorded yet (a cancel it has not acted on: its session, advisory
+-- lock class 7013 = protocol.WORKER_LOCK, is held and the attempt has no row) releases nothing: the scheduler's
+-- pass does once the attempt is recorded or the worker is gone.
+CREATE FUNCTION kubetasks.schedule_run_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    policy text;
+    held_back boolean;
+    released record;
+BEGIN
+    IF NEW.state = 'error' THEN
+        UPDATE kubetasks.schedules s
+        SET consecutive_failures = s.consecutive_failures + 1,
+            paused = s.paused OR coalesce(s.consecutive_failures + 1 >= s.pause_after_failures, false),
+            paused_reason = CASE WHEN NOT s.paused AND s.consecutive_failures + 1 >= s.pause_after_failures
+                THEN format('%s failed runs in a row (pauseAfterFailures %s); the last, task %s: %s',
+                            s.consecutive_failures + 1, s.pause_after_failures, NEW.id,
+                            left(coalesce(NEW.error, NEW.reason), 500))
+                ELSE s.paused_reason END
+        WHERE s.name = NEW.schedule_name
+        RETURNING s.concurrency_policy, s.paused INTO policy, held_back;
+    ELSIF NEW.state IN ('successful', 'warning') THEN
+        UPDATE kubetasks.schedules s SET consecutive_failures = 0
+        WHERE s.name = NEW.schedule_name AND s.consecutive_failures > 0;
+    END IF;
+    IF policy IS NULL THEN
+        SELECT s.concurrency_policy, s.paused INTO policy, held_back
+        FROM kubetasks.schedules s WHERE s.name = NEW.schedule_name;
+    END IF;
+    IF held_back THEN  -- a paused schedule's buffered runs wait for it to be resumed
+        RETURN NULL;
+    END IF;
+    IF policy = 'CancelOther' AND NEW.session IS NOT NULL AND EXISTS (
+            SELECT FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = 7013
+            AND l.objid = NEW.session::oid AND l.objsubid = 2)
+        AND NOT EXISTS (SELECT FROM kubetasks.task_attempts a WHERE a.task_id = NEW.id AND a.attempt = NEW.attempts)
+    THEN
+        RETURN NULL;
+    END IF;
+    UPDATE kubetasks.tasks t SET eta = now(), reason = 'Queued', updated_at = now()
+    WHERE t.id = (SELECT b.id FROM kubetasks.tasks b
+                  WHERE b.schedule_name = NEW.schedule_name AND b.state = 'queued' AND b.reason = 'Buffered'
+                  ORDER BY b.id LIMIT 1)
+      AND NOT EXISTS (SELECT FROM kubetasks.tasks l
+                      WHERE l.schedule_name = NEW.schedule_name AND l.state IN ('queued', 'running')
+                        AND l.reason <> 'Buffered')
+    RETURNING t.id, t.queue INTO released;
+    IF released.id IS NOT NULL THEN
+        PERFORM pg_notify('kubetasks', released.queue || ':' || released.id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tasks_schedule_run_finished AFTER UPDATE ON kubetasks.tasks
+    FOR EACH ROW WHEN (NEW.schedule_name IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state
+                       AND NEW.state IN ('successful', 'warning', 'error', 'cancelled'))
+    EXECUTE FUNCTION kubetasks.schedule_run_finished();
+
 -- Migration bookkeeping (made by `kubetasks migrate` itself, see sql/database.sql): one row per applied file.
 CREATE TABLE kubetasks.schema_migrations (
     version integer PRIMARY KEY,
@@ -589,4 +666,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (4, '0004_notifications.sql'),
     (5, '0005_workflows.sql'),
     (6, '0006_worker_sessions.sql'),
+    (7, '0007_schedule_policies.sql'),
     (9, '0009_trace_context.sql');
