@@ -26,6 +26,10 @@ class OperatorSettings(BaseSettings):
     schedule_sync_interval: Duration = Field(
         timedelta(seconds=10),
         description="How often each Schedule's status, TaskRuns and history pruning are reconciled.")
+    workflow_progress_interval: Duration = Field(
+        timedelta(seconds=2),
+        description="How often TaskRuns whose workflow is running get its step progress: one query for all "
+                    "of them (one aggregate of step counters per workflow); its children are not read.")
     notify_batch_delay: Duration = Field(
         timedelta(milliseconds=50),
         description="Notifications arriving within this delay are handled together (one query per burst).")
