@@ -14,6 +14,7 @@ LEFT JOIN LATERAL (
     WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
         SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
         WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
 ) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
@@ -44,6 +45,7 @@ LEFT JOIN LATERAL (
     WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
         SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
         WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
 ) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
