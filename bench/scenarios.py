@@ -45,7 +45,7 @@ METRICS = [
     Metric("wf_group", "7", "fan-out: start of a group of as many children from outside", "ms", False),
     Metric("wf_drain", "7", "fan-out: spawned children drained (first child start to parent final)", "tasks/s",
            True),
-    Metric("wf_plain", "7", "fan-out: as many plain tasks drained by the same workers (enqueue to COUNT = 0)",
+    Metric("wf_plain", "7", "fan-out: as many plain tasks drained by the same workers (first start to last final)",
            "tasks/s", True),
     Metric("wf_drain_rel", "7", "fan-out: children drained relative to plain tasks", "x", True),
     Metric("wf_last", "7", "fan-out: last child -> parent final, seen by a 2 ms poller", "ms", False),
