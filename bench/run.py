@@ -45,7 +45,7 @@ from systems import SYSTEMS  # noqa: E402
 from systems.base import Ctx, DriverError, Slots, System, Timeout, WorkerDied  # noqa: E402
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
-OTHER = ("1", "3", "4", "5", "6")  # run with each system's primary configuration only
+OTHER = ("1", "3", "4", "5", "6", "7")  # run with each system's primary configuration only
 
 DEFAULT_SCALE = 0.05
 
@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated, from: {', '.join(SYSTEMS)} (default: all)")
-    p.add_argument("--scenarios", default="1,2,2L,3,4,5,6",
-                   help="comma-separated, from 1, 2 (drain, small queue), 2L (drain, large queue), 3-6")
+    p.add_argument("--scenarios", default="1,2,2L,3,4,5,6,7",
+                   help="comma-separated, from 1, 2 (drain, small queue), 2L (drain, large queue), 3-7 "
+                        "(7: workflow fan-out, kubetasks only)")
     p.add_argument("--runs", type=int, default=3, help="runs of scenarios 1 and 2; the median is shown")
     p.add_argument("--runs-large", type=int, default=2, help="runs of scenario 2L (the large queue)")
     p.add_argument("--runs-other", type=int, default=1, help="runs of scenarios 3-6")
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedules", type=int, default=0, help="override: schedules in scenario 6")
     p.add_argument("--steady-rate", type=float, default=50.0, help="scenario 3 enqueue rate (tasks/s)")
     p.add_argument("--steady-seconds", type=float, default=10.0, help="scenario 3 duration")
+    p.add_argument("--fanout-children", type=int, default=10_000, help="children of scenario 7's fan-out")
     p.add_argument("--slots", type=int, default=8, help="total slots (threads / async tasks), every system")
     p.add_argument("--splits", default="1,2",
                    help="worker process counts to run the slots in (each must divide --slots); the "
@@ -137,7 +139,8 @@ class Suite:
         self.args = args
         self.sizes = Sizes(args.scale, tasks=args.tasks, small=args.small, deep_queued=args.deep_queued,
                            deep_finished=args.deep_finished, schedules=args.schedules,
-                           steady_rate=args.steady_rate, steady_seconds=args.steady_seconds)
+                           steady_rate=args.steady_rate, steady_seconds=args.steady_seconds,
+                           fanout=args.fanout_children)
         # A system slower than 50 tasks/s is reported as a timeout rather than holding up the suite.
         self.timeout = args.timeout or 120.0 + self.sizes.tasks / 50
         self.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
@@ -216,7 +219,7 @@ class Suite:
                     out.append((run, config, "2"))
         if "2L" in keys:
             out.extend((run, config, "2L") for run in range(1, self.runs_of("2L") + 1) for config in configs)
-        for key in ("3", "4", "5", "6"):
+        for key in ("3", "4", "5", "6", "7"):
             if key in keys:
                 out.extend((run, config, key) for run in range(1, self.runs_of(key) + 1) for config in primaries)
         return out
@@ -341,7 +344,7 @@ class Suite:
         logs = out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         metrics = [m.key for m in METRICS if m.scenario == key and m.key != "retry_rel"]
-        if key == "6" and not system.has_scheduler:
+        if (key == "6" and not system.has_scheduler) or (key == "7" and not system.has_workflows):
             for metric in metrics:
                 self.results[system.name].setdefault(metric, {})[run] = "n/a"
             return
@@ -475,9 +478,10 @@ class Suite:
             f"{os.cpu_count()} cores, 1-minute load average before the runs {loads}. "
             f"Sizes: small queue {s.small:,} and large queue {s.tasks:,} tasks (2, 2L; 1 and 5 use the small "
             f"one); deep queue {s.deep_queued:,} queued + {s.deep_finished:,} finished, {s.deep_work:,} worked "
-            f"(4); {s.steady_rate:g}/s for {s.steady_seconds:g}s (3); {s.schedules:,} schedules (6). "
+            f"(4); {s.steady_rate:g}/s for {s.steady_seconds:g}s (3); {s.schedules:,} schedules (6); "
+            f"{s.fanout:,} workflow children (7). "
             f"Scale {s.scale:g} of the issue's full sizes. {self.args.slots} slots in every configuration. "
-            f"Medians of {self.args.runs} (2), {self.args.runs_large} (2L) and {self.args.runs_other} (1, 3-6) runs.",
+            f"Medians of {self.args.runs} (2), {self.args.runs_large} (2L) and {self.args.runs_other} (1, 3-7) runs.",
             "",
             "### Throughput, every configuration",
             "",

@@ -1,4 +1,4 @@
-"""The six scenarios, written once against the `System` interface so every system is timed alike.
+"""The seven scenarios, written once against the `System` interface so every system is timed alike.
 
 Each scenario function gets a fresh database (cloned from the system's schema template) and returns
 {metric key: value} plus details; the orchestrator turns exceptions into `failed` / `timeout`.
@@ -41,9 +41,19 @@ METRICS = [
     Metric("retry", "5", "10% fail once: drain", "tasks/s", True),
     Metric("retry_rel", "5", "10% fail once: relative to scenario 2", "x", True),
     Metric("sched", "6", "scheduler: all fired after the minute", "s", False),
+    Metric("wf_spawn", "7", "fan-out: spawn of the children from a running actor (COPY)", "ms", False),
+    Metric("wf_group", "7", "fan-out: start of a group of as many children from outside", "ms", False),
+    Metric("wf_drain", "7", "fan-out: spawned children drained (first child start to parent final)", "tasks/s",
+           True),
+    Metric("wf_plain", "7", "fan-out: as many plain tasks drained by the same workers (first start to last final)",
+           "tasks/s", True),
+    Metric("wf_drain_rel", "7", "fan-out: children drained relative to plain tasks", "x", True),
+    Metric("wf_last", "7", "fan-out: last child -> parent final, seen by a 2 ms poller", "ms", False),
+    Metric("wf_rss_before", "7", "fan-out: worker RSS after the warm-up", "MB", False),
+    Metric("wf_rss_after", "7", "fan-out: worker RSS after the 3 fan-outs", "MB", False),
 ]
 SCENARIOS = {"1": "bulk enqueue", "2": "drain, small queue", "2L": "drain, large queue", "3": "steady state",
-             "4": "deep queue", "5": "retries", "6": "scheduler"}
+             "4": "deep queue", "5": "retries", "6": "scheduler", "7": "workflow fan-out"}
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Sizes:
     schedules: int = 0
     steady_rate: float = 500.0
     steady_seconds: float = 10.0
+    fanout: int = 10_000  # children of scenario 7: the issue's 10 000, whatever the scale
 
     def __post_init__(self) -> None:
         self.tasks = self.tasks or max(100, round(100_000 * self.scale))
@@ -361,6 +372,30 @@ def scenario_scheduler(env: Env) -> dict[str, Any]:
                         "first_fired_after_s": min(min(v) for v in fired_at.values()) - boundary}}
 
 
+def scenario_fanout(env: Env) -> dict[str, Any]:
+    """Scenario 7 (kubetasks only): bench/workflow_fanout.py's measurement with this configuration's slots.
+    C plain no-op tasks drained, a group of C children started from outside and drained, then C children
+    spawned from inside a running task (one COPY transaction) and drained; the latency from the last child's
+    outcome to a poller seeing the parent final; the workers' RSS after the warm-up and at the end."""
+    import workflow_fanout  # kubetasks' own API, imported only when kubetasks runs this
+
+    c = env.sizes.fanout
+    procs = workflow_fanout.start_workers(env.ctx.dsn, env.slots.processes, env.slots.threads, env.ctx.logs)
+    try:
+        r = workflow_fanout.measure(env.ctx.dsn, c, [proc.pid for proc in procs], timeout=env.timeout)
+    finally:
+        workflow_fanout.stop_workers(procs)
+    return {"wf_spawn": r["spawn_s"] * 1000, "wf_group": r["group_start_s"] * 1000,
+            "wf_drain": r["spawn_drain_per_s"], "wf_plain": r["plain_drain_per_s"],
+            "wf_drain_rel": r["spawn_drain_per_s"] / r["plain_drain_per_s"],
+            "wf_last": r["last_child_to_parent_seen_s"] * 1000,
+            "wf_rss_before": r["worker_rss_before_mb"], "wf_rss_after": r["worker_rss_after_mb"],
+            "details": {"children": c, "group_drain_per_s": r["group_drain_per_s"],
+                        "spawn_end_to_end_per_s": r["spawn_end_to_end_per_s"],
+                        "plain_enqueue_s": r["plain_enqueue_s"],
+                        "last_child_to_parent_db_s": r["last_child_to_parent_db_s"]}}
+
+
 RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
     "1": scenario_enqueue,
     "2": scenario_drain_small,
@@ -369,11 +404,12 @@ RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
     "4": scenario_deep,
     "5": scenario_retries,
     "6": scenario_scheduler,
+    "7": scenario_fanout,
 }
 
 
 def runner_keys(selected: set[str]) -> list[str]:
-    return [k for k in ("1", "2", "2L", "3", "4", "5", "6") if k in selected]
+    return [k for k in ("1", "2", "2L", "3", "4", "5", "6", "7") if k in selected]
 
 
 def cpu_count() -> int:

@@ -33,6 +33,10 @@ class OperatorSettings(BaseSettings):
         description="Every Schedule is reconciled at least this often even if nothing in the database "
                     "changed (a TaskRun deleted by hand comes back), spread evenly over the interval so the "
                     "API server sees a steady trickle, not a burst.")
+    workflow_progress_interval: Duration = Field(
+        timedelta(seconds=2),
+        description="How often TaskRuns whose workflow is running get its step progress: one query for all "
+                    "of them (one aggregate of step counters per workflow); its children are not read.")
     notify_batch_delay: Duration = Field(
         timedelta(milliseconds=50),
         description="Notifications arriving within this delay are handled together (one query per burst).")

@@ -7,6 +7,9 @@ Two channels are listened to on one dedicated connection:
 * `kubetasks` ("<queue>:<first id>", sent when tasks are inserted): WorkerPools consuming that queue are
   woken, and runs of operator-managed Schedules inserted since the last look get their TaskRun.
 
+A workflow's progress is the exception: its children are no custom resources and name no TaskRun, so the
+TaskRuns whose workflow is running are re-read every `workflow_progress_interval` (`runtime.LiveWorkflows`).
+
 Notifications arriving within `notify_batch_delay` are handled with one query. NOTIFY is not durable:
 whatever happens while the connection is down is lost, so after every (re)connection and every
 `resync_interval` the rows changed since the last resync's start are read and mirrored again. A
@@ -65,13 +68,18 @@ class Listener(threading.Thread):
             self.resync()  # whatever changed while nobody listened
             interval = self.rt.operator.resync_interval.total_seconds()
             next_resync = time.monotonic() + interval
+            every = self.rt.operator.workflow_progress_interval.total_seconds()
+            next_progress = time.monotonic() + every
             batch = self.rt.operator.notify_batch_delay.total_seconds()
             while not self.stopping.is_set():
-                wait = max(0.05, min(1.0, next_resync - time.monotonic()))
+                wait = max(0.05, min(1.0, next_resync - time.monotonic(), next_progress - time.monotonic()))
                 got = list(conn.notifies(timeout=wait, stop_after=1))
                 if got:
                     got.extend(conn.notifies(timeout=batch, stop_after=1000))
                     self.dispatch((n.channel, n.payload) for n in got)
+                if time.monotonic() >= next_progress:
+                    self.workflow_progress()
+                    next_progress = time.monotonic() + every
                 if time.monotonic() >= next_resync:
                     self.resync()
                     next_resync = time.monotonic() + interval
@@ -95,6 +103,22 @@ class Listener(threading.Thread):
             with self.rt.connection() as conn:
                 rows = store.task_views(conn, ids)
             self.mirror(rows)
+
+    def workflow_progress(self) -> None:
+        """Re-read the TaskRuns' rows whose workflow is running (one query) and mirror those that moved."""
+        ids = self.rt.workflows.ids()
+        if not ids:
+            return
+        with self.rt.connection() as conn:
+            rows = store.task_views(conn, ids)
+        for row in self.rt.workflows.moved(ids, rows):
+            try:
+                taskruns.sync_task(self.rt, dict(row), create_missing=False)
+            except Exception:
+                log.exception("listener: could not mirror the workflow of task %s", row.get("id"))
+                continue
+            self.rt.workflows.settle(row)
+            self.handled += 1
 
     def new_runs(self) -> None:
         """TaskRuns for runs of operator-managed Schedules inserted since the last look."""

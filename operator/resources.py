@@ -138,6 +138,31 @@ class TaskRunSpec(_Model):
                     "retriesExhausted, cancelled) and one target (email or webhook).")
 
 
+class WorkflowStep(_Model):
+    """One step of a workflow and the counts of its children (what `kubetasks tasks show` prints)."""
+
+    name: str = Field(description="Name of the step.", max_length=128)
+    state: Literal["waiting", "running", "done"] = Field(
+        description="waiting (an earlier step is not done), running, or done (every child is final).")
+    done: int = Field(ge=0, description="Children in a final state.")
+    total: int = Field(ge=0, description="Children so far (a running child may still spawn more).")
+    succeeded: int = Field(default=0, ge=0, description="Children that succeeded.")
+    warned: int = Field(default=0, ge=0, description="Children that succeeded with a warning.")
+    failed: int = Field(default=0, ge=0, description="Children that failed.")
+    cancelled: int = Field(default=0, ge=0, description="Children that were cancelled.")
+
+
+class WorkflowProgress(_Model):
+    """The workflow a TaskRun's task is, or started: its parent task and its steps. Its children are rows in
+    the database only, never custom resources."""
+
+    task_id: int = Field(ge=1, description="Id of the workflow's parent task (kubetasks tasks show ID).")
+    state: TaskState = Field(description="State of the workflow.")
+    reason: str | None = Field(default=None, description="Current step (Step:<name>) or why it ended.",
+                               max_length=1024)
+    steps: list[WorkflowStep] = Field(default_factory=list, max_length=1000, description="Steps, in order.")
+
+
 class TaskRunStatus(_Model):
     """The task's progress, mirrored from the database."""
 
@@ -156,6 +181,10 @@ class TaskRunStatus(_Model):
     task_id: int | None = Field(default=None, ge=1, description="Id of the task row in the database.")
     log_tail: str | None = Field(
         default=None, description="Last lines of the latest attempt's log (stored when an attempt ends).")
+    workflow: WorkflowProgress | None = Field(
+        default=None, description="Set when the task is a workflow or started one: its step progress.")
+    progress: str | None = Field(
+        default=None, description="Children of the workflow done / known so far, e.g. 23/25.", max_length=64)
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation handled.")
     kopf: dict[str, Any] | None = _KOPF
 
@@ -295,7 +324,10 @@ TASKRUN = Kind(
         Column("Attempt", "integer", ".status.attempt", "Attempts started."),
         Column("Started", "date", ".status.startTime", "When the first attempt started."),
         Column("Duration", "string", ".status.duration", "Time from start to completion."),
+        Column("Progress", "string", ".status.progress", "Workflow children done / known so far."),
         _AGE,
+        Column("Workflow", "string", ".status.workflow.state", "State of the workflow it is or started.",
+               priority=1),
         Column("Queue", "string", ".spec.queue", "Queue of the task.", priority=1),
         Column("Schedule", "string", ".metadata.labels.kubetasks\\.dev/schedule", "Schedule that fired it.",
                priority=1),

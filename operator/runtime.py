@@ -10,15 +10,16 @@ thread, and an Event for a transition is posted once.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from psycopg_pool import ConnectionPool
 
-from kubetasks.worker import db, registry
+from kubetasks.worker import db, protocol, registry
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings
 
@@ -83,6 +84,51 @@ class Wakeups:
         return False
 
 
+class LiveWorkflows:
+    """Mirrored tasks whose workflow is still running, each with the progress last mirrored of it.
+
+    A workflow's children move its steps on without touching the mirrored row (which may have finished long
+    before: a Schedule's actor starts the workflow and returns), so no notification names that row. The
+    listener re-reads these rows on a timer instead, all in one query, and mirrors only those that moved.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[Any, ...]] = {}
+
+    @staticmethod
+    def _key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["state"], row["attempts"], row.get("workflow_state"),
+                json.dumps(row.get("workflow_steps"), sort_keys=True))
+
+    def note(self, row: Mapping[str, Any]) -> None:
+        """A row was just mirrored: watch it while its workflow runs, forget it once that ended."""
+        with self._lock:
+            if row.get("workflow_state") in protocol.LIVE_STATES:
+                self._seen[row["id"]] = self._key(row)
+            else:
+                self._seen.pop(row["id"], None)
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._seen)
+
+    def moved(self, asked: Iterable[int], rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Of the rows read for `asked`, those not mirrored as they are now; asked ids no longer found (purged)
+        are forgotten."""
+        rows = list(rows)
+        with self._lock:
+            for gone in set(asked) - {row["id"] for row in rows}:
+                self._seen.pop(gone, None)
+            return [row for row in rows if row["id"] in self._seen and self._seen[row["id"]] != self._key(row)]
+
+    def settle(self, row: Mapping[str, Any]) -> None:
+        """After a mirror attempt: a row that was not noted as it is now has no TaskRun left; forget it."""
+        with self._lock:
+            if self._seen.get(row["id"]) not in (None, self._key(row)):
+                del self._seen[row["id"]]
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -91,6 +137,7 @@ class Runtime:
     kube: Kube
     locks: StripedLocks = field(default_factory=StripedLocks)
     wakeups: Wakeups = field(default_factory=Wakeups)
+    workflows: LiveWorkflows = field(default_factory=LiveWorkflows)
     threads: list[Any] = field(default_factory=list)
 
     @classmethod

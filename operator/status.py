@@ -113,8 +113,44 @@ def log_tail(log: str | None, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL
 
 
 @dataclass(frozen=True)
+class WorkflowView:
+    """The workflow a task is or started: its parent's id, state and reason, and `workflow_progress()`'s
+    steps ([{"name", "state", "total", "done", "succeeded", "warned", "failed", "cancelled"}])."""
+
+    id: int
+    state: str
+    reason: str | None
+    steps: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WorkflowView | None:
+        if row.get("workflow_id") is None:
+            return None
+        return cls(id=row["workflow_id"], state=row["workflow_state"], reason=row.get("workflow_reason"),
+                   steps=tuple(row.get("workflow_steps") or ()))
+
+    def progress(self) -> str:
+        """'23/25': children done over children known so far, all steps."""
+        return f"{sum(s['done'] for s in self.steps)}/{sum(s['total'] for s in self.steps)}"
+
+    def summary(self) -> str:
+        """'users 21/21, groups 3/4 (1 failed), memberships 0/0', like `kubetasks tasks show`."""
+        def one(step: Mapping[str, Any]) -> str:
+            bad = [f"{step[k]} {k}" for k in ("failed", "cancelled", "warned") if step.get(k)]
+            return f"{step['name']} {step['done']}/{step['total']}" + (f" ({', '.join(bad)})" if bad else "")
+        return ", ".join(one(step) for step in self.steps)
+
+    def status(self) -> resources.WorkflowProgress:
+        found: dict[str, Any] = {"task_id": self.id, "state": self.state, "steps": list(self.steps)}
+        if self.reason is not None:  # a null inside a merge patch deletes the key: the next compare would differ
+            found["reason"] = self.reason
+        return resources.WorkflowProgress.model_validate(found)
+
+
+@dataclass(frozen=True)
 class TaskView:
-    """The columns of a task row (plus its latest attempt's log) that a TaskRun's status shows."""
+    """The columns of a task row (plus its latest attempt's log and its workflow's progress) that a TaskRun's
+    status shows."""
 
     id: int
     state: str
@@ -128,16 +164,22 @@ class TaskView:
     finished_at: datetime | None
     updated_at: datetime
     log: str | None = None
+    actor: str | None = None
+    workflow: WorkflowView | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TaskView:
         return cls(id=row["id"], state=row["state"], reason=row["reason"], attempts=row["attempts"],
                    max_retries=row["max_retries"], eta=row["eta"], worker=row.get("worker"),
                    error=row.get("error"), started_at=row.get("started_at"), finished_at=row.get("finished_at"),
-                   updated_at=row["updated_at"], log=row.get("log"))
+                   updated_at=row["updated_at"], log=row.get("log"), actor=row.get("actor"),
+                   workflow=WorkflowView.from_row(row))
 
 
 def task_message(task: TaskView, reason: str, now: datetime) -> str:
+    if task.actor == protocol.WORKFLOW_ACTOR and task.state == "running" and task.workflow is not None:
+        # A parent never runs on a worker: no attempt to speak of, only its steps.
+        return f"Workflow running: {task.workflow.summary()}"
     max_attempts = task.max_retries + 1
     if task.state == "queued":
         if task.eta > now:
@@ -172,6 +214,8 @@ def taskrun_status(task: TaskView, now: datetime, previous: Mapping[str, Any] | 
         state=task.state, conditions=[succeeded], attempt=task.attempts, max_attempts=task.max_retries + 1,
         start_time=task.started_at, completion_time=task.finished_at, duration=duration,
         message=_clip(message, MESSAGE_BYTES), task_id=task.id, log_tail=log_tail(task.log),
+        workflow=task.workflow.status() if task.workflow is not None else None,
+        progress=task.workflow.progress() if task.workflow is not None else None,
         observed_generation=generation if generation is not None else previous.get("observedGeneration"),
     ).patch()
 
@@ -192,6 +236,20 @@ def transition(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -
     reason = str(after[0])
     cond = current["conditions"][0]
     return ("Warning" if reason in WARNING_REASONS else "Normal", reason, str(cond.get("message", "")))
+
+
+def workflow_transition(previous: Mapping[str, Any] | None,
+                        current: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(event type, reason, message) when the TaskRun's workflow reached a final state, else None."""
+    before = ((previous or {}).get("workflow") or {}).get("state")
+    after = (current.get("workflow") or {}).get("state")
+    if after == before or after not in protocol.FINAL_STATES:
+        return None
+    reason = {"successful": "WorkflowSucceeded", "warning": "WorkflowSucceededWithWarnings",
+              "error": "WorkflowFailed", "cancelled": "WorkflowCancelled"}[after]
+    workflow = current["workflow"]
+    message = f"Workflow {workflow['taskId']} {after} ({current.get('progress')} children done)"
+    return ("Normal" if after == "successful" else "Warning", reason, message)
 
 
 def invalid_reason(field: str) -> str:

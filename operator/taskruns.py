@@ -70,13 +70,15 @@ def write_status(rt: Runtime, body: dict[str, Any], row: dict[str, Any]) -> None
     old = body.get("status") or {}
     new = status.taskrun_status(status.TaskView.from_row(row), _now(), old,
                                 generation=body["metadata"].get("generation"))
+    # A running workflow moves on without touching this row: the listener re-reads its progress.
+    rt.workflows.note(row)
     if not status.changed(old, new):
         return
     if not rt.kube.patch_status(resources.TASKRUN, namespace, name, new):
         return
-    moved = status.transition(old, new)
-    if moved is not None:
-        rt.kube.event(body, *moved)
+    for moved in (status.transition(old, new), status.workflow_transition(old, new)):
+        if moved is not None:
+            rt.kube.event(body, *moved)
 
 
 def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:

@@ -70,6 +70,7 @@ class System:
     python: bool = True  # a Python peer (for the "best Python peer" ratio)
     variants: tuple[str, ...] = ("defaults",)  # the first is the one the other scenarios run with
     has_scheduler: bool = True
+    has_workflows: bool = False  # scenario 7 (workflow fan-out) is kubetasks' own: `n/a` for the peers
     keeps_finished: bool = True  # False where finished jobs are deleted (no finished rows to prefill)
     pending_sql: str = ""  # COUNT of tasks queued, running or waiting for a retry
     concurrency_note: str = ""

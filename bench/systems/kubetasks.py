@@ -30,6 +30,7 @@ class Kubetasks(System):
     kind = "kubetasks"
     label = "kubetasks"
     python = False  # the system under test, not a peer
+    has_workflows = True
     variants = ("defaults",)  # kubetasks' defaults are its settings for throughput (adaptive prefetch)
     pending_sql = "SELECT count(*) FROM kubetasks.tasks WHERE state IN ('queued', 'running')"
 

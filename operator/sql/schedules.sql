@@ -4,9 +4,18 @@
 -- schedule_tasks_after: runs of operator-managed schedules inserted after a cursor (they need a TaskRun).
 SELECT t.id, t.state::text AS state, t.reason, t.attempts, t.max_retries, t.eta, t.worker, t.error,
        t.started_at, t.finished_at, t.updated_at, t.created_at, t.object_ref, t.schedule_name, t.queue,
-       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log
+       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log,
+       w.id AS workflow_id, w.state::text AS workflow_state, w.reason AS workflow_reason,
+       w.steps AS workflow_steps
 FROM kubetasks.tasks t
 LEFT JOIN kubetasks.schedules s ON s.name = t.schedule_name
+LEFT JOIN LATERAL (
+    SELECT p.id, p.state, p.reason, kubetasks.workflow_progress(p.id) AS steps FROM kubetasks.tasks p
+    WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
+        SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
+        WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
+) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
 ) a ON true
@@ -26,9 +35,18 @@ WITH ranked AS (
 )
 SELECT t.id, t.state::text AS state, t.reason, t.attempts, t.max_retries, t.eta, t.worker, t.error,
        t.started_at, t.finished_at, t.updated_at, t.created_at, t.object_ref, t.schedule_name, t.queue,
-       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log
+       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log,
+       w.id AS workflow_id, w.state::text AS workflow_state, w.reason AS workflow_reason,
+       w.steps AS workflow_steps
 FROM kubetasks.tasks t
 LEFT JOIN kubetasks.schedules s ON s.name = t.schedule_name
+LEFT JOIN LATERAL (
+    SELECT p.id, p.state, p.reason, kubetasks.workflow_progress(p.id) AS steps FROM kubetasks.tasks p
+    WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
+        SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
+        WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
+) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
 ) a ON true

@@ -4,6 +4,9 @@
 -- The four *_view queries (task_views, tasks_changed_since, and schedule_tasks_after and schedule_kept_runs in
 -- schedules.sql) select the same columns: what a TaskRun status shows, plus what routes a row to its TaskRun
 -- and the latest attempt's log. tests/unit/test_operator_sql.py keeps their column lists identical.
+-- They also carry the step progress of the row's workflow: the row's own when it is a workflow parent, else
+-- the one its actor started last (workflow_spawns; a spawn into the task's own workflow is not a start). One
+-- aggregate over that workflow's step rows per row read, never a read of its children.
 
 -- lock_key: serialise "look for a row, insert it if missing" per key across operator replicas.
 SELECT pg_advisory_xact_lock({lock:operator}, hashtext(%(key)s));
@@ -17,9 +20,18 @@ UPDATE kubetasks.tasks SET object_ref = %(ref)s WHERE id = %(id)s;
 -- task_views: the rows a burst of notifications named.
 SELECT t.id, t.state::text AS state, t.reason, t.attempts, t.max_retries, t.eta, t.worker, t.error,
        t.started_at, t.finished_at, t.updated_at, t.created_at, t.object_ref, t.schedule_name, t.queue,
-       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log
+       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log,
+       w.id AS workflow_id, w.state::text AS workflow_state, w.reason AS workflow_reason,
+       w.steps AS workflow_steps
 FROM kubetasks.tasks t
 LEFT JOIN kubetasks.schedules s ON s.name = t.schedule_name
+LEFT JOIN LATERAL (
+    SELECT p.id, p.state, p.reason, kubetasks.workflow_progress(p.id) AS steps FROM kubetasks.tasks p
+    WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
+        SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
+        WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
+) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
 ) a ON true
@@ -28,9 +40,18 @@ WHERE t.id = ANY(%(ids)s::bigint[]);
 -- tasks_changed_since: the resync's safety net; rows mirrored onto custom resources changed since a cursor.
 SELECT t.id, t.state::text AS state, t.reason, t.attempts, t.max_retries, t.eta, t.worker, t.error,
        t.started_at, t.finished_at, t.updated_at, t.created_at, t.object_ref, t.schedule_name, t.queue,
-       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log
+       t.actor, t.args, t.time_limit, t.priority, s.source AS schedule_source, a.log,
+       w.id AS workflow_id, w.state::text AS workflow_state, w.reason AS workflow_reason,
+       w.steps AS workflow_steps
 FROM kubetasks.tasks t
 LEFT JOIN kubetasks.schedules s ON s.name = t.schedule_name
+LEFT JOIN LATERAL (
+    SELECT p.id, p.state, p.reason, kubetasks.workflow_progress(p.id) AS steps FROM kubetasks.tasks p
+    WHERE p.actor = 'kubetasks.workflow' AND p.id = CASE WHEN t.actor = 'kubetasks.workflow' THEN t.id ELSE (
+        SELECT sp.workflow_id FROM kubetasks.workflow_spawns sp
+        WHERE sp.task_id = t.id AND sp.workflow_id IS DISTINCT FROM t.parent_id ORDER BY sp.seq DESC LIMIT 1) END
+    LIMIT 1  -- kept a per-row look-up by id: flattened into a join, it would aggregate every workflow's steps
+) w ON true
 LEFT JOIN LATERAL (
     SELECT log FROM kubetasks.task_attempts a WHERE a.task_id = t.id ORDER BY a.attempt DESC LIMIT 1
 ) a ON true

@@ -78,12 +78,12 @@ def _env(dsn: str, **extra: str) -> dict[str, str]:
 
 
 def start_operator(dsn: str, kubeconfig: Path, workdir: Path, name: str = "operator",
-                   namespace: str | None = None) -> Process:
+                   namespace: str | None = None, **extra_env: str) -> Process:
     """The real operator process, watching every namespace or only `namespace`."""
     port = free_port()
     env = _env(dsn, KUBECONFIG=str(kubeconfig),
                KUBETASKS_OPERATOR__SCHEDULE_SYNC_INTERVAL="2", KUBETASKS_OPERATOR__RESYNC_INTERVAL="5",
-               KUBETASKS_OPERATOR__SCHEDULER_INTERVAL="1")
+               KUBETASKS_OPERATOR__SCHEDULER_INTERVAL="1", **extra_env)
     # cwd is a temp dir: the repository root must never be on sys.path (its operator/ shadows the stdlib).
     scope = f"--namespace={namespace}" if namespace else "--all-namespaces"
     proc = Process([str(BIN / "kopf"), "run", "-m", "kubetasks.operator.handlers", scope,
@@ -274,7 +274,7 @@ def test_schedule_runs_show_up_as_owned_taskruns(ns: str, kubectl: Kubectl, api:
     assert run["spec"]["actor"] == "t.record" and run["spec"]["args"] == {"path": str(marks), "value": "run"}
     assert condition(run, "Succeeded")["status"] == "True"
     (tr_row,) = table(kubectl, "taskruns", "-n", ns)
-    assert list(tr_row) == ["NAME", "ACTOR", "STATE", "ATTEMPT", "STARTED", "DURATION", "AGE"]
+    assert list(tr_row) == ["NAME", "ACTOR", "STATE", "ATTEMPT", "STARTED", "DURATION", "PROGRESS", "AGE"]
     assert (tr_row["ACTOR"], tr_row["STATE"], tr_row["ATTEMPT"]) == ("t.record", "successful", "1")
     (wide,) = table(kubectl, "tr", "-n", ns, "-o", "wide")
     assert (wide["QUEUE"], wide["SCHEDULE"], wide["MESSAGE"]) == ("default", "report", "Succeeded after 1 attempt")

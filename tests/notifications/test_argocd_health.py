@@ -33,6 +33,12 @@ def task(state: str, reason: str, **extra: Any) -> status.TaskView:
     return status.TaskView(**(fields | extra))
 
 
+def flow(state: str) -> status.WorkflowView:
+    return status.WorkflowView(id=9, state=state, reason="Step:pages", steps=(
+        {"name": "pages", "state": "running", "done": 2, "total": 5, "succeeded": 2, "warned": 0, "failed": 0,
+         "cancelled": 0},))
+
+
 def view(**extra: Any) -> status.ScheduleView:
     return status.ScheduleView(**({"paused": False, "next_run": NOW + timedelta(hours=1), "last_run": NOW,
                                    "last_success": NOW, "active": 0, "last_state": "successful"} | extra))
@@ -66,6 +72,12 @@ def test_schedule_health(obj: dict[str, Any], expected: str) -> None:
     (task("error", "Failed", finished_at=NOW, attempts=3, error="boom"), "Degraded", "Failed: boom"),
     (task("error", "TimedOut", finished_at=NOW, error="time limit"), "Degraded", "TimedOut"),
     (task("cancelled", "Cancelled", finished_at=NOW, error="by hand"), "Degraded", "Cancelled: by hand"),
+    # The task started a workflow and returned: the workflow decides.
+    (task("successful", "Succeeded", finished_at=NOW, workflow=flow("running")), "Progressing",
+     "Workflow 9 running: 2/5 children done"),
+    (task("successful", "Succeeded", finished_at=NOW, workflow=flow("successful")), "Healthy", "Succeeded"),
+    (task("successful", "Succeeded", finished_at=NOW, workflow=flow("error")), "Degraded",
+     "Workflow 9 error: 2/5 children done"),
 ])
 def test_taskrun_health(view_: status.TaskView | None, expected: str, words: str) -> None:
     obj: dict[str, Any] = {"metadata": {"name": "run"}}

@@ -19,7 +19,7 @@ from waiting import wait_for
 
 from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, sweep, taskruns
 from kubetasks.operator.runtime import Runtime
-from kubetasks.worker import db, queue
+from kubetasks.worker import context, db, queue, workflows
 from kubetasks.worker.registry import actor
 from kubetasks.worker.settings import Settings
 
@@ -220,6 +220,47 @@ def test_listener_mirrors_a_state_change_promptly(rt: Runtime, conn: db.Conn) ->
     wait_for(lambda: kube.objects[("taskruns", "ns", "live")]["status"]["state"] == "successful", timeout=5,
              interval=0.02, what="the LISTEN path")
     assert kube.events[-1] == ("live", "Normal", "Succeeded")
+
+
+def test_a_taskrun_whose_actor_started_a_workflow_follows_its_steps(rt: Runtime, conn: db.Conn,
+                                                                   settings: Settings) -> None:
+    """The task starts a workflow and ends; the children move the steps on without touching the task's row,
+    so the listener's progress pass (one query for every watched TaskRun) is what mirrors them."""
+    kube = fake(rt)
+    body = kube.put(resources.TASKRUN, {"metadata": {"name": "sync"}, "spec": {"actor": "optest.mirror"}})
+    taskruns.reconcile(rt, body)
+    (task,) = queue.list_tasks(conn)
+    context.bind(context.TaskContext(task_id=task.id, actor="optest.mirror", attempt=1, max_retries=0,
+                                     time_limit=60, settings=settings))
+    try:  # as the actor would, inside its attempt
+        wf = workflows.start(None, workflows.chain(workflows.each("pages", "optest.mirror", [{}] * 3),
+                                                   workflows.step("report", workflows.call("optest.mirror"))))
+    finally:
+        context.bind(None)
+    finish(conn, task.id)
+    taskruns.sync_task(rt, store.task_views(conn, [task.id])[0])
+    status = kube.objects[("taskruns", "ns", "sync")]["status"]
+    assert (status["state"], status["progress"], status["workflow"]["taskId"]) == ("successful", "0/3", wf)
+    assert [(s["name"], s["state"]) for s in status["workflow"]["steps"]] == [("pages", "running"),
+                                                                             ("report", "waiting")]
+    assert rt.workflows.ids() == [task.id]
+    children = [t.id for t in workflows.children(conn, wf)]
+    for child in children[:2]:
+        finish(conn, child)
+    thread = listener.Listener(rt)
+    thread.workflow_progress()
+    assert kube.objects[("taskruns", "ns", "sync")]["status"]["progress"] == "2/3"
+    finish(conn, children[2])  # the last page starts the report step
+    (report,) = workflows.children(conn, wf, step=1)
+    finish(conn, report.id)
+    thread.workflow_progress()
+    status = kube.objects[("taskruns", "ns", "sync")]["status"]
+    assert (status["progress"], status["workflow"]["state"]) == ("4/4", "successful")
+    assert kube.events[-1] == ("sync", "Normal", "WorkflowSucceeded")
+    assert rt.workflows.ids() == []  # a finished workflow is no longer re-read
+    # Its children never become TaskRuns: no row of theirs routes to a custom resource.
+    assert [store.target_of(row) for row in store.task_views(conn, children)] == [None] * 3
+    assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == ["sync"]
 
 
 def test_one_autoscaling_pass(rt: Runtime, conn: db.Conn, settings: Settings) -> None:

@@ -99,7 +99,8 @@ def test_printer_columns() -> None:
     assert [n for n, _ in _columns("schedules")] == [
         "Schedule", "TimeZone", "Suspend", "Active", "Last Schedule", "Last Success", "Next", "Age"]
     assert _columns("taskruns") == [("Actor", 0), ("State", 0), ("Attempt", 0), ("Started", 0), ("Duration", 0),
-                                    ("Age", 0), ("Queue", 1), ("Schedule", 1), ("Message", 1)]
+                                    ("Progress", 0), ("Age", 0), ("Workflow", 1), ("Queue", 1), ("Schedule", 1),
+                                    ("Message", 1)]
     assert [n for n, _ in _columns("workerpools")] == [
         "Target", "Min", "Max", "Desired", "Queued", "Running", "Age"]
     assert _crd("taskruns")["spec"]["names"]["shortNames"] == ["tr"]

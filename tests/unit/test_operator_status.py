@@ -153,3 +153,58 @@ def test_refused_schedule_keeps_its_other_conditions() -> None:
     s = status.schedule_status(None, NOW, before, generation=4, invalid=("InvalidTimeZone", "spec.timeZone: bad"))
     assert _types(s)["Ready"] == ("False", "InvalidTimeZone")
     assert "Suspended" in _types(s) and s["nextScheduleTime"] is None
+
+
+STEPS = ({"name": "users", "state": "done", "total": 21, "done": 21, "succeeded": 21, "warned": 0, "failed": 0,
+          "cancelled": 0},
+         {"name": "groups", "state": "running", "total": 4, "done": 2, "succeeded": 1, "warned": 0, "failed": 1,
+          "cancelled": 0},
+         {"name": "memberships", "state": "waiting", "total": 0, "done": 0, "succeeded": 0, "warned": 0,
+          "failed": 0, "cancelled": 0})
+
+
+def test_a_task_that_started_a_workflow_shows_its_steps_and_progress() -> None:
+    flow = status.WorkflowView(id=9, state="running", reason="Step:groups", steps=STEPS)
+    s = status.taskrun_status(view("successful", "Succeeded", finished_at=NOW, workflow=flow), NOW)
+    assert s["progress"] == "23/25"
+    assert s["workflow"] == {"taskId": 9, "state": "running", "reason": "Step:groups", "steps": [
+        {"name": "users", "state": "done", "done": 21, "total": 21, "succeeded": 21, "warned": 0, "failed": 0,
+         "cancelled": 0},
+        {"name": "groups", "state": "running", "done": 2, "total": 4, "succeeded": 1, "warned": 0, "failed": 1,
+         "cancelled": 0},
+        {"name": "memberships", "state": "waiting", "done": 0, "total": 0, "succeeded": 0, "warned": 0,
+         "failed": 0, "cancelled": 0}]}
+    assert s["message"] == "Succeeded after 1 attempt"  # the task's own outcome; the workflow has its own
+
+
+def test_a_plain_task_clears_workflow_fields() -> None:
+    s = status.taskrun_status(view("running", "Running", worker="w1"), NOW)
+    assert "workflow" in s and s["workflow"] is None and s["progress"] is None  # a merge patch deletes them
+
+
+def test_a_workflow_parent_itself_says_which_steps_it_is_at() -> None:
+    flow = status.WorkflowView(id=7, state="running", reason="Step:groups", steps=STEPS)
+    s = status.taskrun_status(view("running", "Step:groups", attempts=0, max_retries=0, actor="kubetasks.workflow",
+                                   workflow=flow), NOW)
+    assert s["message"] == "Workflow running: users 21/21, groups 2/4 (1 failed), memberships 0/0"
+    assert succeeded(s)["reason"] == "Running"
+
+
+def test_workflow_rows_are_read_from_the_view_columns() -> None:
+    row = {"id": 7, "state": "successful", "reason": "Succeeded", "attempts": 1, "max_retries": 3, "eta": NOW,
+           "updated_at": NOW, "actor": "ldap.sync", "workflow_id": 9, "workflow_state": "running",
+           "workflow_reason": "Step:users", "workflow_steps": list(STEPS)}
+    task = status.TaskView.from_row(row)
+    assert task.workflow == status.WorkflowView(id=9, state="running", reason="Step:users", steps=STEPS)
+    assert status.TaskView.from_row({**row, "workflow_id": None}).workflow is None
+
+
+def test_an_event_when_the_workflow_ends() -> None:
+    running = {"workflow": {"taskId": 9, "state": "running"}, "progress": "3/25"}
+    failed = {"workflow": {"taskId": 9, "state": "error"}, "progress": "25/25"}
+    assert status.workflow_transition(running, failed) == (
+        "Warning", "WorkflowFailed", "Workflow 9 error (25/25 children done)")
+    assert status.workflow_transition(failed, failed) is None
+    assert status.workflow_transition({}, running) is None
+    assert status.workflow_transition(running, {**failed, "workflow": {"taskId": 9, "state": "successful"}})[:2] == (
+        "Normal", "WorkflowSucceeded")

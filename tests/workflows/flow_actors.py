@@ -66,9 +66,11 @@ def callback(path: str, workflow: int, state: str) -> None:
 
 
 @actor(name="wf.starter", max_retries=3)
-def starter(path: str, pages: int, linger: float = 0.0) -> int:
-    """Starts a workflow from inside a task (as a Schedule's actor would)."""
-    flow = workflows.chain(workflows.each("a", record, [{"path": path, "value": f"a{i}"} for i in range(pages)]),
+def starter(path: str, pages: int, linger: float = 0.0, release: str | None = None) -> int:
+    """Starts a workflow from inside a task (as a Schedule's actor would); its pages wait for the file
+    `release` when given."""
+    flow = workflows.chain(workflows.each("a", record, [{"path": path, "value": f"a{i}", "release": release}
+                                                        for i in range(pages)]),
                            workflows.step("b", workflows.call(record, {"path": path, "value": "b"})),
                            name="started")
     wf = workflows.start(None, flow)
