@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import db, protocol, queries
+from . import db, queries, registry
 from .errors import InvalidInput
 
 # Runnable tasks a claim on a queue with a per-key limit looks through for keys that still have slots.
@@ -61,13 +61,6 @@ class QueueControl:
         return dataclasses.asdict(self) | {"limited": self.limited}
 
 
-def check_name(name: str, field: str = "queue") -> str:
-    if not protocol.QUEUE_NAME.fullmatch(name or ""):
-        raise InvalidInput(field, f"{name!r} is not a queue name",
-                           "use 1-128 letters, digits and . _ : - (e.g. billing)")
-    return name
-
-
 def parse_rate(text: str, field: str = "rate") -> tuple[int, float]:
     """'50/s', '100/1m', '10/30s', '5/2.5' (seconds) -> (starts, period in seconds)."""
     match = _RATE.match(text or "")
@@ -81,7 +74,7 @@ def parse_rate(text: str, field: str = "rate") -> tuple[int, float]:
 
 
 def validate(control: QueueControl) -> QueueControl:
-    check_name(control.name)
+    registry.validate_queue(control.name)
     for field in ("concurrency_limit", "key_concurrency_limit", "rate_limit"):
         value = getattr(control, field)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -103,7 +96,8 @@ def validate(control: QueueControl) -> QueueControl:
 
 def get(conn: db.Conn, name: str) -> QueueControl:
     """The queue's controls (the defaults, unpaused and unlimited, when it has no row)."""
-    rows = conn.execute(queries.get("queue_control_get_many"), {"names": [check_name(name)]}).fetchall()
+    names = [registry.validate_queue(name)]
+    rows = conn.execute(queries.get("queue_control_get_many"), {"names": names}).fetchall()
     return QueueControl.from_row(rows[0]) if rows else QueueControl(name)
 
 
@@ -112,7 +106,8 @@ def list_controls(conn: db.Conn) -> list[QueueControl]:
 
 
 def set_paused(conn: db.Conn, name: str, paused: bool) -> QueueControl:
-    row = conn.execute(queries.get("queue_control_pause"), {"name": check_name(name), "paused": paused}).fetchone()
+    params = {"name": registry.validate_queue(name), "paused": paused}
+    row = conn.execute(queries.get("queue_control_pause"), params).fetchone()
     assert row is not None
     return QueueControl.from_row(row)
 

@@ -115,7 +115,7 @@ SELECT t.queue, t.runnable, t.running,
             WHEN q.paused THEN 0
             -- least() skips NULLs: a limit that is not set does not count
             ELSE greatest(0, least(t.runnable, k.key_startable, q.concurrency_limit - t.running, q.rate_limit))
-       END AS startable,
+       END::bigint AS startable,
        coalesce(q.paused, false) AS paused
 FROM totals t LEFT JOIN kubetasks.queues q ON q.name = t.queue LEFT JOIN keyed k ON k.queue = t.queue
 ORDER BY t.queue;
