@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from kubetasks.worker import controls, db, protocol, queries, queue
+from kubetasks.worker import controls, db, metrics, protocol, queries, queue
 from kubetasks.worker.errors import InvalidInput
+from kubetasks.worker.settings import Settings
 
 SESSION = 1  # the worker session the claims name (no rescuer runs here, so its lock need not be held)
 
@@ -168,3 +169,17 @@ def test_startable_leaves_out_what_the_limits_hold(conn: db.Conn) -> None:
         "free": (7, 0, 7, False), "paused": (7, 0, 0, True),
         "limited": (9, 1, 3, False)}  # key 0: 1 more, key 1: 2; under the queue's 4 free slots
     assert [r["queue"] for r in controls.startable(conn, ["free"])] == ["free"]
+
+
+def test_metrics_show_paused_queues_limits_and_held_tasks(conn: db.Conn, settings: Settings) -> None:
+    queue.enqueue_many(conn, "t.noop", ({} for _ in range(4)), queue="paused", validate=False)
+    queue.enqueue_many(conn, "t.noop", ({} for _ in range(6)), queue="limited", validate=False)
+    controls.set_paused(conn, "paused", True)
+    controls.set_limits(conn, controls.QueueControl("limited", concurrency_limit=2, rate_limit=30, rate_period=60))
+    families = {f.name: f for f in metrics.DatabaseCollector(settings.database, cache_seconds=0)._read()}
+    samples = {name: {tuple(s.labels.values()): s.value for s in families[name].samples}
+               for name in ("kubetasks_queue_paused", "kubetasks_queue_limit", "kubetasks_queue_held_tasks")}
+    assert samples == {
+        "kubetasks_queue_paused": {("limited",): 0.0, ("paused",): 1.0},
+        "kubetasks_queue_limit": {("limited", "concurrency"): 2, ("limited", "rate_per_second"): 0.5},
+        "kubetasks_queue_held_tasks": {("limited",): 4, ("paused",): 4}}
