@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # A few of the operator's named queries (operator/sql/*.sql): the files must ship in the wheel too.
-OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "pool_load"}
+OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "max_task_id"}
 
 PROBE = """
 import importlib.resources, json, operator, sys, sysconfig
