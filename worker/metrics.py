@@ -126,8 +126,8 @@ class DatabaseCollector(Collector):
             found = {row["queue"]: row for row in controls.startable(conn, [c.name for c in controlled])
                      } if controlled else {}
             for control in controlled:
-                row = found.get(control.name)
-                held.add_metric([control.name], row["runnable"] - row["startable"] if row else 0)
+                counts = found.get(control.name) or {"runnable": 0, "startable": 0}
+                held.add_metric([control.name], counts["runnable"] - counts["startable"])
         return [tasks, depth, last, flows, oldest, overdue, period, events, pending_age, paused, limits, held]
 
     def describe(self) -> list[GaugeMetricFamily]:
