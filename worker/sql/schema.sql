@@ -587,9 +587,6 @@ CREATE TABLE kubetasks.queues (
     CONSTRAINT queues_rate_with_period CHECK ((rate_limit IS NULL) = (rate_period IS NULL))
 );
 
--- Running tasks per queue, for the limited claim's count (the claim's own index holds waiting rows only).
-CREATE INDEX tasks_running_by_queue ON kubetasks.tasks (queue) WHERE worker IS NOT NULL;
-
 -- Tell workers a queue's controls changed ("<queue>"); the claims' token updates are not a change.
 CREATE FUNCTION kubetasks.notify_queue_control() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -1,7 +1,9 @@
 -- kubetasks schema, version 8: queue controls (pause, concurrency limits per queue and per key, rate limits).
 -- One row per queue that has a control; a queue without a row is unpaused and unlimited, and its workers
 -- claim with task_claim as before. Limited claims (task_claim_limited, sql/queues.sql) lock the queue's row
--- FOR UPDATE for their transaction, so they are serialised per queue and count running tasks exactly.
+-- FOR UPDATE for their transaction, so they are serialised per queue and count running tasks exactly. They
+-- count through tasks_executing (the rescuer's index of attempts in flight): no index is added to tasks, so
+-- claims and outcomes of unlimited queues write nothing more than before.
 CREATE TABLE kubetasks.queues (
     name text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
     -- Workers claim nothing from a paused queue; running tasks finish, queued ones wait.
@@ -21,9 +23,6 @@ CREATE TABLE kubetasks.queues (
     CONSTRAINT queues_key_with_limit CHECK ((concurrency_key IS NULL) = (key_concurrency_limit IS NULL)),
     CONSTRAINT queues_rate_with_period CHECK ((rate_limit IS NULL) = (rate_period IS NULL))
 );
-
--- Running tasks per queue, for the limited claim's count (the claim's own index holds waiting rows only).
-CREATE INDEX tasks_running_by_queue ON kubetasks.tasks (queue) WHERE worker IS NOT NULL;
 
 -- Tell workers a queue's controls changed ("<queue>"); the claims' token updates are not a change.
 CREATE FUNCTION kubetasks.notify_queue_control() RETURNS trigger LANGUAGE plpgsql AS $$
