@@ -74,5 +74,5 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     assert found["migrations"] and found["queries"]
     assert set(found["operator_queries"]) >= OPERATOR_QUERIES
     assert found["cli"] == str(site / "kubetasks" / "worker" / "cli" / "__init__.py")
-    assert found["commands"] == ["apply", "dashboard", "dev", "enqueue", "migrate", "operator", "queue", "schedules",
-                                 "tasks", "worker"]
+    assert found["commands"] == ["apply", "dashboard", "dev", "enqueue", "migrate", "operator", "queue", "queues",
+                                 "schedules", "tasks", "worker"]
