@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/profile.py                          # 100 000 tasks, 1 process x 8 threads, py-spy
     .venv/bin/python bench/profile.py --tasks 20000 --no-py-spy --runs 3   # CPU and SQL figures only
+    .venv/bin/python bench/profile.py --tasks 20000 --no-py-spy --runs 3 --limit-concurrency 1000000
+                                           # the same queue with a concurrency limit: the limited claim's cost
 
 A throwaway PostgreSQL with `pg_stat_statements` (the same settings as bench/run.py), the tasks
 written server-side, then `kubetasks worker --module bench.tasks_kubetasks`, with `py-spy record`
@@ -97,12 +99,19 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
              code: str = "") -> dict[str, object]:
     name = f"prof{index}"
     dsn = server.create_database(name)
-    db.migrate(dsn)
+    if code:  # the other checkout's own migrations: its schema, not this one's
+        subprocess.run([sys.executable, "-c", "import sys; from kubetasks.worker import db; db.migrate(sys.argv[1])",
+                        dsn], env={**os.environ, "PYTHONPATH": code_path(code)}, check=True)
+    else:
+        db.migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute("INSERT INTO kubetasks.tasks (actor, args) SELECT 'bench.noop', "
                      "jsonb_build_object('i', g, 'f', 0) FROM generate_series(0, %s - 1) AS g", (args.tasks,))
         conn.execute("ANALYZE kubetasks.tasks")
+        if args.limit_concurrency and not code:  # the queue's claims go through task_claim_limited
+            conn.execute("INSERT INTO kubetasks.queues (name, concurrency_limit) VALUES ('default', %s)",
+                         (args.limit_concurrency,))
         conn.execute("SELECT pg_stat_statements_reset()")
     out = work / f"run{index}"
     out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +223,8 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--no-py-spy", action="store_true", help="CPU and pg_stat_statements only (no sampling)")
     p.add_argument("--work-dir", default="")
+    p.add_argument("--limit-concurrency", type=int, default=0, metavar="N",
+                   help="give the queue a concurrency limit of N (this checkout only, not the --baseline)")
     p.add_argument("--baseline", default="", metavar="DIR",
                    help="another checkout (e.g. `git archive COMMIT | tar -x -C DIR`): its worker runs in turn "
                         "with this one, --runs times each, and both medians are printed side by side")

@@ -4,6 +4,10 @@
 The Kopf daemon of each WorkerPool calls `step` every `pollingIntervalSeconds`, or sooner when the
 listener sees a task inserted on one of its queues. The recommendation history for the scale-down window
 lives in the daemon (in memory), see `scaling.Recommendations`.
+
+With the `kubetasks.dev/paused-replicas` annotation the target is set to that count and left there: the
+queues are still measured for the status, nothing is recommended, and the history is forgotten so that,
+once the annotation is removed, the window starts again from the count it held.
 """
 
 from __future__ import annotations
@@ -57,8 +61,24 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
         return new
     current = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
     per = concurrency(spec, deployment)
+    annotation = (meta.get("annotations") or {}).get(resources.PAUSED_REPLICAS_ANNOTATION)
+    try:
+        paused = scaling.parse_paused_replicas(annotation)
+    except ValueError as exc:
+        problem = f"annotation {resources.PAUSED_REPLICAS_ANNOTATION}: {exc}"
+        new = resources.WorkerPoolStatus(
+            conditions=[status.condition("Ready", "False", "InvalidAnnotation", problem, now,
+                                         old.get("conditions") or (), generation)],
+            observed_generation=generation).patch()
+        if status.changed(old, new):
+            rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+            rt.kube.event(dict(body), "Warning", "InvalidAnnotation", problem)
+        return new
     with rt.connection() as conn:
         load = store.pool_load(conn, spec.queues)
+    if paused is not None:
+        memory.history.clear()  # resumed, the window starts again from the count held
+        return _hold(rt, body, old, now, current, paused, per, load, spec)
     bounds = scaling.Bounds(min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, per_replica=per,
                             stabilization=float(spec.scale_down_stabilization_seconds))
     decision = scaling.decide(time.monotonic() if clock is None else clock, current, load, bounds, memory)
@@ -74,14 +94,53 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
     active = load.runnable + load.running > 0
     new = resources.WorkerPoolStatus(
         desired=decision.desired, current=decision.desired if decision.desired != current else current,
-        queued=load.runnable, running=load.running, concurrency=per, last_scale_time=last_scale,
+        queued=load.runnable, held=load.held, paused_replicas=None, running=load.running, concurrency=per,
+        last_scale_time=last_scale,
         conditions=[
             status.condition("Ready", "True", decision.reason,
                              f"{decision.recommended} replica(s) recommended, {decision.floor} busy", now, before,
                              generation),
             status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
-                             f"{load.runnable} runnable, {load.running} running on queues "
-                             + ", ".join(spec.queues), now, before, generation),
+                             _activity(load, spec), now, before, generation),
+        ],
+        observed_generation=generation,
+    ).patch()
+    if status.changed(old, new):
+        rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+    return new
+
+
+def _activity(load: scaling.Load, spec: resources.WorkerPoolSpec) -> str:
+    held = f" ({load.held} more held back by queue controls)" if load.held else ""
+    return f"{load.runnable} runnable{held}, {load.running} running on queues " + ", ".join(spec.queues)
+
+
+def _hold(rt: Runtime, body: Mapping[str, Any], old: Mapping[str, Any], now: datetime, current: int, replicas: int,
+          per: int, load: scaling.Load, spec: resources.WorkerPoolSpec) -> dict[str, Any]:
+    """Paused autoscaling: the target at exactly `replicas`, whatever the queues say."""
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    target = spec.scale_target_ref.name
+    last_scale = old.get("lastScaleTime")
+    if current != replicas:
+        rt.kube.set_scale(namespace, target, replicas)
+        last_scale = now
+        message = (f"Scaled {target} from {current} to {replicas}: held by the "
+                   f"{resources.PAUSED_REPLICAS_ANNOTATION} annotation")
+        log.info("WorkerPool %s/%s: %s", namespace, name, message)
+        rt.kube.event(dict(body), "Normal", "Scaled", message)
+    before = old.get("conditions") or ()
+    active = load.runnable + load.running > 0
+    new = resources.WorkerPoolStatus(
+        desired=replicas, current=replicas, queued=load.runnable, held=load.held, paused_replicas=replicas,
+        running=load.running, concurrency=per, last_scale_time=last_scale,
+        conditions=[
+            status.condition("Ready", "True", "Paused",
+                             f"autoscaling paused at {replicas} replica(s) by the "
+                             f"{resources.PAUSED_REPLICAS_ANNOTATION} annotation; remove it to resume", now,
+                             before, generation),
+            status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
+                             _activity(load, spec), now, before, generation),
         ],
         observed_generation=generation,
     ).patch()

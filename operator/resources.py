@@ -32,6 +32,8 @@ SCHEDULE_LABEL = f"{GROUP}/schedule"  # on TaskRuns fired by a Schedule: the Sch
 TASK_ID_LABEL = f"{GROUP}/task-id"  # on those TaskRuns: the id of the task row they mirror
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"  # on a Schedule: any new value fires one run now
 BACKFILL_ANNOTATION = f"{GROUP}/backfill"  # on a Schedule: a new '<from>/<to>' runs each tick in it once
+# On a WorkerPool: hold the target at this many replicas, autoscaling off (KEDA's paused-replicas).
+PAUSED_REPLICAS_ANNOTATION = f"{GROUP}/paused-replicas"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -234,12 +236,19 @@ class WorkerPoolStatus(_Model):
 
     desired: int | None = Field(default=None, ge=0, description="Replicas the autoscaler wants.")
     current: int | None = Field(default=None, ge=0, description="Replicas of the target's scale.")
-    queued: int | None = Field(default=None, ge=0, description="Runnable tasks waiting in the queues.")
+    queued: int | None = Field(default=None, ge=0, description="Runnable tasks waiting in the queues that may "
+                                                                "start now (counted in the scale).")
+    held: int | None = Field(default=None, ge=0, description="Runnable tasks a queue's pause or limits hold "
+                                                             "back (not counted in the scale).")
+    paused_replicas: int | None = Field(
+        default=None, ge=0, description=f"Replicas held by the {PAUSED_REPLICAS_ANNOTATION} annotation while "
+                                        "autoscaling is paused; absent otherwise.")
     running: int | None = Field(default=None, ge=0, description="Tasks being executed.")
     concurrency: int | None = Field(default=None, ge=1, description="Tasks per replica used in the maths.")
     last_scale_time: KubeTime | None = Field(default=None, description="When the target was last scaled.")
     conditions: list[Condition] | None = Field(
-        default=None, description="Ready (target found and scalable), Active (there is work).",
+        default=None, description="Ready (target found and scalable; reason Paused while paused-replicas holds "
+                                  "it), Active (there is work).",
         json_schema_extra=_CONDITIONS)
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation handled.")
     kopf: dict[str, Any] | None = _KOPF
@@ -353,6 +362,10 @@ WORKERPOOL = Kind(
         Column("Queued", "integer", ".status.queued", "Runnable tasks waiting."),
         Column("Running", "integer", ".status.running", "Tasks being executed."),
         _AGE,
+        Column("Held", "integer", ".status.held", "Runnable tasks held back by a queue's pause or limits.",
+               priority=1),
+        Column("Paused", "integer", ".status.pausedReplicas", "Replicas held while autoscaling is paused.",
+               priority=1),
     ),
     rules=(
         Rule("spec", "self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas",

@@ -1,7 +1,8 @@
 """WorkerPool replica maths: pure, with the clock passed in, so every rule is tested exactly.
 
 desired = clamp(ceil((runnable + running) / concurrency per replica), min, max), where only tasks that can run
-*now* count (a task due later, or waiting out a retry backoff, needs no worker yet). Scaling up happens at
+*now* count (a task due later, or waiting out a retry backoff, needs no worker yet; nor does one that a queue's
+pause or limits hold back: see `Load`). Scaling up happens at
 once; scaling down follows the HPA's stabilization window: the target is the highest recommendation made
 during the last `window` seconds, so a queue that empties for a moment does not shed workers that are about
 to be needed again. Whatever happens, replicas never drop below what the tasks being executed occupy,
@@ -9,6 +10,10 @@ because removing their worker would interrupt them (the rescuer would retry them
 
 With min 0 a pool scales to zero when idle; the first runnable task makes the recommendation at least 1,
 and up-scaling ignores the window, so it comes back at once.
+
+Paused replicas (the WorkerPool's `kubetasks.dev/paused-replicas` annotation, like KEDA's
+`autoscaling.keda.sh/paused-replicas`) hold the target at a fixed count and skip all of the above, so
+"scale the workers down, flush, scale up" is not undone by the autoscaler.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ THREADS_ENV = "KUBETASKS_WORKER__THREADS"
 
 @dataclass(frozen=True)
 class Load:
-    """Tasks of the pool's queues: runnable now (waiting for a worker) and being executed."""
+    """Tasks of the pool's queues: runnable now that may start (waiting for a worker), being executed, and
+    runnable but held back by a queue's pause or limits (not counted: more workers would not run them).
+    For a limited queue at most its free concurrency slots, its keys' free slots and its rate limit (starts per
+    period) count as runnable."""
 
     runnable: int
     running: int
+    held: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,17 @@ def per_replica(env: Mapping[str, str]) -> int:
         return value if value >= 1 else default
 
     return number(PROCESSES_ENV, DEFAULT_PROCESSES) * number(THREADS_ENV, DEFAULT_THREADS)
+
+
+def parse_paused_replicas(value: str | None) -> int | None:
+    """The replica count a paused-replicas annotation holds the target at; None when absent."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ValueError(f"{value!r} is not a replica count (write a whole number of at least 0, e.g. \"0\"; "
+                         "remove the annotation to resume autoscaling)")
+    return int(text)
 
 
 def recommend(load: Load, bounds: Bounds) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from typing import Any, LiteralString
 
 from psycopg import sql
 
-from kubetasks.worker import manifests, queries, queue, schedules
+from kubetasks.worker import controls, manifests, queries, queue, schedules
 from kubetasks.worker.db import Conn
 from kubetasks.worker.settings import Settings
 
@@ -222,6 +222,9 @@ def max_task_id(conn: Conn) -> int:
 
 
 def pool_load(conn: Conn, queues: Sequence[str]) -> scaling.Load:
-    row = conn.execute(query("pool_load"), {"queues": list(queues)}).fetchone() or {}
-    return scaling.Load(runnable=int(row.get("runnable") or 0), running=int(row.get("running") or 0))
+    """What the pool's queues need now: tasks that can start (a queue's pause and limits leave the rest out,
+    as `held`) and tasks in flight. Tasks due later, retries in their backoff included, need no worker yet."""
+    rows = controls.startable(conn, queues)
+    return scaling.Load(runnable=sum(int(r["startable"]) for r in rows), running=sum(int(r["running"]) for r in rows),
+                        held=sum(int(r["runnable"]) - int(r["startable"]) for r in rows))
 

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from . import db, metrics, policies, protocol, queries
+from . import controls, db, metrics, policies, protocol, queries
 from .context import Cancelled, WorkerShutdown
 from .executor import Executor, Job
 from .settings import Settings
@@ -84,6 +84,10 @@ class Consumer:
         self.listen: AsyncConn | None = None
         self.backlog = False
         self._durations: dict[str, Any] = {}  # the duration histogram's child per actor
+        # Controls of our queues that have any (controls.py), re-read when the database announces a change.
+        self.controls: dict[str, controls.QueueControl] = {}
+        self.controls_stale = False
+        self._limited: set[int] = set()  # tasks claimed from limited queues: their outcomes free a slot
 
     def capacity(self) -> int:
         """Tasks this process holds at once: its threads plus those claimed ahead of them. Unless set, the
@@ -138,8 +142,9 @@ class Consumer:
         name = f"kubetasks-worker {self.name}"
         self.work = await db.connect_async(self.settings.database, application_name=name)
         self.listen = await db.connect_async(self.settings.database, application_name=name)
-        for channel in (protocol.QUEUE_CHANNEL, protocol.CANCEL_CHANNEL):
+        for channel in (protocol.QUEUE_CHANNEL, protocol.CANCEL_CHANNEL, protocol.QUEUE_CONTROL_CHANNEL):
             await self.listen.execute(db.listen(channel))
+        self.controls = await controls.load(self.work, self.queues)  # after LISTEN: no change slips between
         await self._start_session()
         self.health.ready = True
         self.health.reason = "ok"
@@ -197,6 +202,9 @@ class Consumer:
                               len(self.executor.abandoned))
                     self.stopping.set()
                     break
+                if self.controls_stale and self.work is not None:
+                    self.controls_stale = False
+                    self.controls = await controls.load(self.work, self.queues)
                 capacity = self.capacity()
                 free = capacity - len(self.executor.inflight)
                 # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
@@ -239,6 +247,9 @@ class Consumer:
                 task_id = protocol.decode_cancel(note.payload)
                 if task_id is not None and self.executor.interrupt(task_id, Cancelled) is not None:
                     log.info("task %s cancelled while running", task_id)
+            elif note.channel == protocol.QUEUE_CONTROL_CHANNEL and note.payload in self.queues:
+                self.controls_stale = True  # re-read before the next claim
+                self.wake.set()
 
     async def _exchange(self, free: int) -> int:
         """One round trip: write the outcomes gathered so far and claim up to `free` tasks, pipelined.
@@ -271,10 +282,33 @@ class Consumer:
     async def _claim(self, queue: str, limit: int) -> list[tuple[Any, ...]]:
         """Claimed rows as tuples in the order of Job's fields (no dict per row)."""
         assert self.work is not None
+        control = self.controls.get(queue)
+        if control is not None and (control.paused or control.limited):
+            return await self._claim_limited(control, limit)
         cur = self.work.cursor(row_factory=tuple_row)
         await cur.execute(queries.get("task_claim"), {"queue": queue, "limit": limit, "worker": self.name,
                                                        "session": self.session})
         return await cur.fetchall()
+
+    async def _claim_limited(self, control: controls.QueueControl, limit: int) -> list[tuple[Any, ...]]:
+        """Nothing from a paused queue; from a limited one, task_claim_limited under the queue's row lock."""
+        assert self.work is not None
+        if control.paused:
+            return []
+        params = {"queue": control.name, "limit": limit, "worker": self.name, "session": self.session,
+                  "scan": control.claim_scan(limit)}
+        async with self.work.transaction():
+            await self.work.execute(queries.get("queue_control_lock"), params)
+            cur = self.work.cursor(row_factory=tuple_row)
+            await cur.execute(queries.get("task_claim_limited"), params)
+            rows = await cur.fetchall()
+            held = len(rows) < limit and control.rate_limit is not None and bool(
+                await (await self.work.execute(queries.get("queue_has_runnable"), params)).fetchone())
+        self._limited.update(row[0] for row in rows)
+        if held:  # tasks wait for tokens: look again when the next one is due
+            assert control.rate_period is not None and control.rate_limit is not None
+            asyncio.get_running_loop().call_later(control.rate_period / control.rate_limit, self.wake.set)
+        return rows
 
     def _submit(self, rows: list[tuple[Any, ...]]) -> None:
         started: collections.Counter[str] = collections.Counter()
@@ -292,7 +326,11 @@ class Consumer:
         loop = asyncio.get_running_loop()
         at = now()
         ended: collections.Counter[tuple[str, str]] = collections.Counter()
+        freed = False
         for job, outcome in batch:
+            if self._limited and job.task_id in self._limited:
+                self._limited.discard(job.task_id)
+                freed = True  # a slot of a limited queue: claim again rather than wait for the next scan
             if outcome.state == "running" and outcome.eta is not None:
                 # Our own retry: wake up when it is due rather than at the next scan.
                 loop.call_later(max(0.0, (outcome.eta - at).total_seconds()), self.wake.set)
@@ -302,6 +340,8 @@ class Consumer:
                 if duration is None:
                     duration = self._durations[job.actor] = metrics.DURATION.labels(job.actor)
                 duration.observe(max(0.0, (at - outcome.started_at).total_seconds()))
+        if freed:
+            self.wake.set()
         for (actor, state), n in ended.items():
             metrics.IN_PROGRESS.labels(actor).dec(n)
             if state == "running":  # a retry

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import cron, db, queries, queue, workflows
+from . import controls, cron, db, queries, queue, workflows
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -77,6 +77,13 @@ class DatabaseCollector(Collector):
                                    "(pending, delivered, failed).", labels=["state"])
         pending_age = GaugeMetricFamily("kubetasks_notifications_oldest_pending_age_seconds",
                                         "Age of the oldest undelivered notification event (0: none).")
+        paused = GaugeMetricFamily("kubetasks_queue_paused", "1 while a queue is paused (queues with controls).",
+                                   labels=["queue"])
+        limits = GaugeMetricFamily("kubetasks_queue_limit", "A queue's limits: concurrency (running at once), "
+                                   "key_concurrency (running per args key), rate_per_second (starts).",
+                                   labels=["queue", "kind"])
+        held = GaugeMetricFamily("kubetasks_queue_held_tasks", "Runnable tasks a queue's pause or limits keep "
+                                 "from starting now (queues with controls).", labels=["queue"])
         if self._pool is None:
             self._pool = db.pool(self.database, min_size=0, max_size=1, application_name="kubetasks-metrics")
         with self._pool.connection(timeout=2) as conn:
@@ -107,7 +114,21 @@ class DatabaseCollector(Collector):
             for state, n in counts.items():
                 events.add_metric([state], n)
             pending_age.add_metric([], age)
-        return [tasks, depth, last, flows, oldest, overdue, period, events, pending_age]
+            controlled = controls.list_controls(conn)
+            for control in controlled:
+                paused.add_metric([control.name], 1.0 if control.paused else 0.0)
+                for kind, value in (("concurrency", control.concurrency_limit),
+                                    ("key_concurrency", control.key_concurrency_limit),
+                                    ("rate_per_second", control.rate_limit / control.rate_period
+                                     if control.rate_limit and control.rate_period else None)):
+                    if value is not None:
+                        limits.add_metric([control.name, kind], value)
+            found = {row["queue"]: row for row in controls.startable(conn, [c.name for c in controlled])
+                     } if controlled else {}
+            for control in controlled:
+                counts = found.get(control.name) or {"runnable": 0, "startable": 0}
+                held.add_metric([control.name], counts["runnable"] - counts["startable"])
+        return [tasks, depth, last, flows, oldest, overdue, period, events, pending_age, paused, limits, held]
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not query the database (it may not be up yet)

@@ -23,6 +23,9 @@ CANCEL_CHANNEL: Final = "kubetasks_cancel"
 # Sent by the `tasks_notification_enqueue` trigger when it wrote outbox rows, with an empty payload (so Postgres
 # folds a transaction's many into one); wakes the notification delivery service.
 NOTIFICATION_CHANNEL: Final = "kubetasks_notification"
+# Sent by the `queues_notify_control*` triggers when a queue is paused, resumed or its limits change:
+# "<queue>"; workers re-read that queue's controls (they cache them, so an unlimited claim pays nothing).
+QUEUE_CONTROL_CHANNEL: Final = "kubetasks_queue_control"
 
 
 def encode_wakeup(queue: str, task_id: int) -> str:

@@ -18,7 +18,7 @@ from . import protocol
 _HEADER = re.compile(r"^-- ([a-z_]+): .*$", re.MULTILINE)
 _LOCK_CLASS = re.compile(r"\{lock:([a-z]+)\}")
 QUERY_FILES = ("tasks.sql", "schedules.sql", "database.sql", "dev.sql", "workflows.sql", "notifications.sql",
-               "monitoring.sql")
+               "monitoring.sql", "queues.sql")
 
 
 def parse(text: str) -> dict[str, LiteralString]:

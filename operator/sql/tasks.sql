@@ -63,12 +63,5 @@ LIMIT %(limit)s;
 -- max_task_id: where the new-run cursor starts (older runs are reconciled per Schedule).
 SELECT coalesce(max(id), 0) AS id FROM kubetasks.tasks;
 
--- pool_load: what a WorkerPool's queues need now: runnable tasks (due, no worker) and tasks in flight.
--- Tasks due later, including retries waiting out their backoff, need no worker yet and are not counted.
-SELECT count(*) FILTER (WHERE worker IS NULL AND eta <= now()) AS runnable,
-       count(*) FILTER (WHERE worker IS NOT NULL) AS running
-FROM kubetasks.tasks
-WHERE state IN ('queued', 'running') AND queue = ANY(%(queues)s::text[]);
-
 -- database_now: the database's clock, where the resync cursor is read (row times are the database's too).
 SELECT now() AS now;

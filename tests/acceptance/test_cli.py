@@ -167,6 +167,28 @@ def test_task_operations_and_queues(dsn: str) -> None:
     assert kt("tasks", "delete", "--actor", "kubetasks.http", "--include-unfinished").stdout == "deleted 1 task\n"
 
 
+def test_queue_pause_resume_limit_and_show(dsn: str) -> None:
+    assert kt("queues", "show").stdout == "no queue is paused or limited\n"
+    assert kt("queue", "pause", "billing").stdout.startswith("paused queue billing: workers claim nothing")
+    assert kt("queues", "limit", "billing", "--concurrency", "3", "--key", "customer_id", "--per-key", "1",
+              "--rate", "50/s").stdout == ("queue billing: paused, at most 3 running, at most 1 per customer_id, "
+                                           "at most 50 starts per 1s\n")
+    kt("enqueue", "kubetasks.http", "--queue", "billing", "--args", '{"url": "http://x/"}')
+    shown = kt_json("queue", "show", "billing")
+    assert shown == {
+        "name": "billing", "paused": True, "concurrency_limit": 3, "concurrency_key": "customer_id",
+        "key_concurrency_limit": 1, "rate_limit": 50, "rate_period": 1.0, "limited": True,
+        "runnable": 1, "running": 0, "held": 1}
+    assert kt("queue", "resume", "billing").stdout == "resumed queue billing\n"
+    assert kt("queue", "limit", "billing", "--concurrency", "none", "--rate", "100/1m").stdout == (
+        "queue billing: active, at most 1 per customer_id, at most 100 starts per 60s\n")
+    lines = kt("queues", "show").stdout.splitlines()
+    assert lines[0].split() == ["QUEUE", "STATE", "CONCURRENCY", "PER", "KEY", "RATE", "RUNNING", "RUNNABLE", "HELD"]
+    assert lines[1].split() == ["billing", "active", "-", "1", "per", "customer_id", "100/60s", "0", "1", "0"]
+    cleared = kt("queue", "limit", "billing", "--key", "none", "--rate", "none").stdout
+    assert cleared == "queue billing: active, no limits\n"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["enqueue", "kubetasks.http", "--args", "{nope"], "error: --args: is not JSON"),
     (["enqueue", "kubetasks.http", "--args", "[1"], "error: --args: is not JSON"),
@@ -175,6 +197,11 @@ def test_task_operations_and_queues(dsn: str) -> None:
     (["enqueue", "myapp.nope"], "error: actor: unknown actor 'myapp.nope'"),
     (["enqueue", "kubetasks.http", "--queue", "bad queue"], "error: queue: 'bad queue' is not a valid queue name"),
     (["enqueue", "kubetasks.http", "--args", '"text"'], "error: args: must be a JSON object"),
+    (["queue", "pause", "bad queue"], "error: queue: 'bad queue' is not a valid queue name"),
+    (["queue", "limit", "q", "--concurrency", "0"], "error: --concurrency: '0' is not a whole number of at least 1"),
+    (["queue", "limit", "q", "--rate", "fast"], "error: --rate: 'fast' is not a rate (write STARTS/PERIOD"),
+    (["queue", "limit", "q", "--per-key", "1"], "error: --key: a per-key limit needs both"),
+    (["queue", "limit", "q"], "error: limit: no limit given"),
 ])
 def test_bad_input_exits_2_with_one_line(dsn: str, args: list[str], message: str) -> None:
     done = kt(*args, code=2)

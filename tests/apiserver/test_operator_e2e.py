@@ -30,7 +30,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from waiting import wait_for
 
-from kubetasks.worker import db, pgserver
+from kubetasks.worker import controls, db, pgserver
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 
@@ -461,6 +461,48 @@ def test_workerpool_scales_the_deployment_up_and_back_down(ns: str, kubectl: Kub
         kubectl("patch", "-n", ns, f"taskrun/job-{i}", "--type=merge", "-p", '{"spec": {"cancel": true}}')
     wait(lambda: replicas() == 0, "scale back down to 0")
     assert ("Normal", "Scaled") in events(kubectl, ns, "pool")
+
+
+def test_workerpool_leaves_out_held_tasks_and_holds_paused_replicas(ns: str, kubectl: Kubectl,
+                                                                     api: client.ApiClient, database: str) -> None:
+    """The runbook: pause the pool at 0 replicas (the autoscaler leaves it there with work waiting), then resume
+    autoscaling; and a paused queue's tasks need no worker."""
+    name = f"hold-{ns}"
+    apply(kubectl, ns, yaml.safe_dump_all([
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "workers"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "w"}},
+                  "template": {"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [
+                      {"name": "worker", "image": "kubetasks:test",
+                       "env": [{"name": "KUBETASKS_WORKER__THREADS", "value": "2"}]}]}}}},
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WorkerPool", "metadata": {"name": "pool"},
+         "spec": {"scaleTargetRef": {"name": "workers"}, "queues": [name], "minReplicas": 0, "maxReplicas": 5,
+                  "scaleDownStabilizationSeconds": 2, "pollingIntervalSeconds": 1}},
+    ]))
+    apps = client.AppsV1Api(api)
+
+    def replicas() -> int:
+        return int(apps.read_namespaced_deployment_scale("workers", ns).spec.replicas or 0)
+
+    wait(lambda: replicas() == 0, "an idle pool to scale to zero")
+    apply(kubectl, ns, "---\n".join(taskrun(f"job-{i}", "t.noop", queue=name) for i in range(4)))
+    wait(lambda: replicas() == 2, "scale up to 2 for 4 tasks at 2 per replica")
+    with db.connect(database) as conn:
+        controls.set_paused(conn, name, True)
+        wait(lambda: replicas() == 0, "a paused queue's tasks to need no worker")
+        wait(lambda: status_of(api, "workerpools", ns, "pool").get("held") == 4, "status.held")
+        controls.set_paused(conn, name, False)
+    wait(lambda: replicas() == 2, "back to 2 once the queue is resumed")
+
+    kubectl("annotate", "-n", ns, "workerpool/pool", "kubetasks.dev/paused-replicas=0")
+    wait(lambda: replicas() == 0, "paused replicas to scale the pool down")
+    wait(lambda: (lambda s: s.get("pausedReplicas") == 0 and s.get("queued") == 4
+                  and condition({"status": s}, "Ready").get("reason") == "Paused")(
+        status_of(api, "workerpools", ns, "pool")), "a pass that measured the waiting work and held 0")
+    assert replicas() == 0
+    kubectl("annotate", "-n", ns, "workerpool/pool", "kubetasks.dev/paused-replicas-")
+    wait(lambda: replicas() == 2, "autoscaling again once the annotation is gone")
+    for i in range(4):
+        kubectl("patch", "-n", ns, f"taskrun/job-{i}", "--type=merge", "-p", '{"spec": {"cancel": true}}')
 
 
 def test_a_second_operator_creates_no_duplicates(ns: str, kubectl: Kubectl, api: client.ApiClient, database: str,

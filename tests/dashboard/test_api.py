@@ -10,7 +10,7 @@ from dashboard.helpers import TOKEN, XSS
 from fastapi.testclient import TestClient
 from faults.test_bad_input import SQL_HOSTILE, snapshot
 
-from kubetasks.worker import db, queue, schedules
+from kubetasks.worker import controls, db, queue, schedules
 
 API = "/api/v1"
 
@@ -146,7 +146,26 @@ def test_counts_queues_actors_and_task_manager(client: TestClient, conn: db.Conn
     assert client.get(f"{API}/namespaces").json() == {"items": ["a", "b", "ops"], "standalone": True}
 
 
+def test_queues_show_controls_and_pause_resume(client: TestClient, conn: db.Conn, seeded: dict[str, Any]) -> None:
+    controls.set_limits(conn, controls.QueueControl("billing", concurrency_limit=2, rate_limit=50, rate_period=1))
+    items = {q["queue"]: q for q in client.get(f"{API}/queues").json()["items"]}
+    assert items["billing"] == {"queue": "billing", "runnable": 0, "delayed": 0, "executing": 0, "held": 0,
+                                "paused": False, "concurrency_limit": 2, "concurrency_key": None,
+                                "key_concurrency_limit": None, "rate_limit": 50, "rate_period": 1.0,
+                                "limited": True}
+    assert (items["default"]["paused"], items["default"]["limited"], items["default"]["held"]) == (False, False, 0)
+    client.get(f"{API}/overview")  # cached from here on
+    paused = client.post(f"{API}/queues/default/pause")
+    assert paused.status_code == 200 and paused.json()["paused"] is True
+    assert controls.get(conn, "default").paused
+    default = next(q for q in client.get(f"{API}/overview").json()["queues"] if q["queue"] == "default")
+    assert default["paused"] is True and default["held"] == default["runnable"] == 3  # not the cached copy
+    assert client.post(f"{API}/queues/default/resume").json()["paused"] is False
+    assert not controls.get(conn, "default").paused
+
+
 BAD: list[tuple[str, str, dict[str, Any], str]] = [
+    ("post", "/queues/no%20spaces/pause", {}, "queue"),
     ("get", "/tasks?state=finished", {}, "state"),
     ("get", "/tasks?limit=0", {}, "limit"),
     ("get", "/tasks?limit=abc", {}, "limit"),

@@ -163,6 +163,10 @@ def test_viewer_operator_admin_and_unauthenticated(conn: db.Conn, cluster: dict[
         "state": ["warning"]}}).json()["count"] == 1
     assert client.post(f"{API}/tasks", headers=admin, json={"actor": "t.noop"}).status_code == 201
     assert client.get(f"{API}/overview", headers=admin).status_code == 200
+    # Queues are not namespaced: pausing one needs `pause` on taskruns at cluster scope (a ClusterRoleBinding).
+    assert client.post(f"{API}/queues/default/pause", headers=viewer).status_code == 403
+    assert client.post(f"{API}/queues/default/pause", headers=operator).status_code == 403  # bound in 'a' only
+    assert client.post(f"{API}/queues/default/pause", headers=admin).json()["paused"] is True
 
 
 def test_trusted_proxy_headers_and_hidden_payloads(conn: db.Conn, cluster: dict[str, Any],

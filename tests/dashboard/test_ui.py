@@ -15,7 +15,7 @@ from dashboard.browser import ARGS, chromium_or_reason
 from dashboard.helpers import XSS, seed
 from workers import WorkerProcess
 
-from kubetasks.worker import db, queue
+from kubetasks.worker import controls, db, queue
 from kubetasks.worker.dashboard.command import start_background
 from kubetasks.worker.dashboard.server import RunningDashboard
 
@@ -152,9 +152,18 @@ def test_system_tasks_page_in_chromium(page: Any, dashboard: RunningDashboard, c
     assert made.args == {"path": str(marker), "value": XSS} and made.state == "successful"
 
     # overview with its chart, and the runbook's preview
+    controls.set_limits(conn, controls.QueueControl("billing", concurrency_limit=2))  # listed while empty
     page.locator("#nav-overview").click()
     expect(page.locator("#throughput-chart")).to_be_visible()
     expect(page.locator("#queues")).to_be_visible()
+    queue_row = page.locator('#queues tr.queue[data-name="billing"]')
+    expect(queue_row.locator("td").nth(5)).to_have_text("2 running")
+    queue_row.locator("button.pause").click()
+    expect(queue_row.locator("td").nth(4)).to_have_text("paused")
+    assert controls.get(conn, "billing").paused
+    queue_row.locator("button.resume").click()
+    expect(queue_row.locator("td").nth(4)).to_have_text("active")
+    assert not controls.get(conn, "billing").paused
     page.screenshot(path=str(tmp_path / "overview.png"))
     page.locator("#nav-runbook").click()
     page.locator("#rb-action").select_option("delete")

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # A few of the operator's named queries (operator/sql/*.sql): the files must ship in the wheel too.
-OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "pool_load"}
+OPERATOR_QUERIES = {"lock_key", "task_views", "schedule_kept_runs", "max_task_id"}
 
 PROBE = """
 import importlib.resources, json, operator, sys, sysconfig
@@ -74,5 +74,5 @@ def test_wheel_contains_packages_and_sql(tmp_path: Path) -> None:
     assert found["migrations"] and found["queries"]
     assert set(found["operator_queries"]) >= OPERATOR_QUERIES
     assert found["cli"] == str(site / "kubetasks" / "worker" / "cli" / "__init__.py")
-    assert found["commands"] == ["apply", "dashboard", "dev", "enqueue", "migrate", "operator", "queue", "schedules",
-                                 "tasks", "worker"]
+    assert found["commands"] == ["apply", "dashboard", "dev", "enqueue", "migrate", "operator", "queue", "queues",
+                                 "schedules", "tasks", "worker"]

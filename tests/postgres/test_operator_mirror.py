@@ -19,7 +19,7 @@ from waiting import wait_for
 
 from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, sweep, taskruns
 from kubetasks.operator.runtime import Runtime
-from kubetasks.worker import context, db, queue, workflows
+from kubetasks.worker import context, controls, db, queue, workflows
 from kubetasks.worker.registry import actor
 from kubetasks.worker.settings import Settings
 
@@ -280,3 +280,44 @@ def test_one_autoscaling_pass(rt: Runtime, conn: db.Conn, settings: Settings) ->
         "scaleTargetRef": {"name": "nope"}}})
     status = autoscaler.step(rt, missing, scaling.Recommendations())
     assert status["conditions"][0]["reason"] == "TargetNotFound"
+
+
+def test_autoscaling_leaves_out_held_tasks_and_holds_paused_replicas(rt: Runtime, conn: db.Conn,
+                                                                     settings: Settings) -> None:
+    kube = fake(rt)
+    kube.deployments[("ns", "workers")] = {"spec": {"template": {"spec": {"containers": [
+        {"name": "worker", "env": [{"name": "KUBETASKS_WORKER__THREADS", "value": "2"}]}]}}}}
+    kube.scales[("ns", "workers")] = 0
+    pool = kube.put(resources.WORKERPOOL, {"metadata": {"name": "pool"}, "spec": {
+        "scaleTargetRef": {"name": "workers"}, "queues": ["limited", "paused"], "minReplicas": 0,
+        "scaleDownStabilizationSeconds": 0}})
+    for _ in range(20):
+        queue.enqueue(conn, "optest.mirror", queue="limited", settings=settings)
+        queue.enqueue(conn, "optest.mirror", queue="paused", settings=settings)
+    controls.set_limits(conn, controls.QueueControl("limited", concurrency_limit=3))
+    controls.set_paused(conn, "paused", True)
+    memory = scaling.Recommendations()
+    status = autoscaler.step(rt, pool, memory, clock=100.0)
+    # 3 may start (the limit), 37 are held: ceil(3 / 2) replicas, not ceil(40 / 2).
+    assert kube.scales[("ns", "workers")] == 2
+    assert (status["desired"], status["queued"], status["held"]) == (2, 3, 37)
+    assert "37 more held back by queue controls" in status["conditions"][1]["message"]
+
+    pool["metadata"]["annotations"] = {resources.PAUSED_REPLICAS_ANNOTATION: "0"}
+    status = autoscaler.step(rt, pool, memory, clock=110.0)
+    assert kube.scales[("ns", "workers")] == 0 and status["pausedReplicas"] == 0
+    assert status["conditions"][0]["reason"] == "Paused"
+    controls.set_limits(conn, controls.QueueControl("limited"))  # 20 may start now: still held at 0
+    assert autoscaler.step(rt, pool, memory, clock=120.0)["desired"] == 0 and kube.scales[("ns", "workers")] == 0
+
+    pool["metadata"]["annotations"] = {resources.PAUSED_REPLICAS_ANNOTATION: "many"}
+    status = autoscaler.step(rt, pool, memory, clock=130.0)
+    assert status["conditions"][0]["reason"] == "InvalidAnnotation"
+    assert "kubetasks.dev/paused-replicas: 'many' is not a replica count" in status["conditions"][0]["message"]
+    assert kube.scales[("ns", "workers")] == 0 and kube.events[-1] == ("pool", "Warning", "InvalidAnnotation")
+
+    del pool["metadata"]["annotations"]
+    status = autoscaler.step(rt, pool, memory, clock=140.0)
+    assert kube.scales[("ns", "workers")] == 10 and status["desired"] == 10  # 20 runnable, 2 per replica
+    assert status["pausedReplicas"] is None  # deleted from the stored status by the merge patch
+    assert "pausedReplicas" not in kube.objects[("workerpools", "ns", "pool")]["status"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubetasks.operator import resources, scaling, store
-from kubetasks.worker import db, queue, schedules
+from kubetasks.worker import controls, db, queue, schedules
 from kubetasks.worker.errors import InvalidInput
 from kubetasks.worker.registry import actor
 from kubetasks.worker.settings import Settings
@@ -193,3 +193,7 @@ def test_pool_load_counts_only_work_that_can_run_now(conn: db.Conn, settings: Se
     assert store.pool_load(conn, ["pool"]) == scaling.Load(runnable=3, running=1)
     assert store.pool_load(conn, ["pool", "elsewhere"]).runnable == 4
     assert store.pool_load(conn, ["empty"]) == scaling.Load(0, 0)
+    controls.set_limits(conn, controls.QueueControl("pool", concurrency_limit=2))
+    assert store.pool_load(conn, ["pool"]) == scaling.Load(runnable=1, running=1, held=2)  # 1 slot left
+    controls.set_paused(conn, "pool", True)
+    assert store.pool_load(conn, ["pool", "elsewhere"]) == scaling.Load(runnable=1, running=1, held=3)

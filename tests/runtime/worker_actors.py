@@ -80,3 +80,11 @@ def wait_file(path: str, release: str) -> None:
     while not os.path.exists(release):
         time.sleep(0.02)
     _mark(path, "done")
+
+
+@actor(name="t.span")
+def span(path: str, key: str = "", seconds: float = 0.0, **_: object) -> None:
+    """Appends "start KEY T" and "end KEY T" (wall clock) around a sleep, so a test can measure overlaps."""
+    _mark(path, f"start {key} {time.time():.6f}")
+    time.sleep(seconds)
+    _mark(path, f"end {key} {time.time():.6f}")

@@ -101,8 +101,8 @@ def test_printer_columns() -> None:
     assert _columns("taskruns") == [("Actor", 0), ("State", 0), ("Attempt", 0), ("Started", 0), ("Duration", 0),
                                     ("Progress", 0), ("Age", 0), ("Workflow", 1), ("Queue", 1), ("Schedule", 1),
                                     ("Message", 1)]
-    assert [n for n, _ in _columns("workerpools")] == [
-        "Target", "Min", "Max", "Desired", "Queued", "Running", "Age"]
+    assert _columns("workerpools") == [("Target", 0), ("Min", 0), ("Max", 0), ("Desired", 0), ("Queued", 0),
+                                       ("Running", 0), ("Age", 0), ("Held", 1), ("Paused", 1)]
     assert _crd("taskruns")["spec"]["names"]["shortNames"] == ["tr"]
 
 

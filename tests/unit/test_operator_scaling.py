@@ -118,3 +118,18 @@ def test_concurrency_reads_the_named_container_and_prefers_the_spec() -> None:
     assert autoscaler.concurrency(first, deployment) == 1
     fixed = resources.WorkerPoolSpec.model_validate({"scaleTargetRef": {"name": "w"}, "concurrencyPerReplica": 7})
     assert autoscaler.concurrency(fixed, deployment) == 7
+
+
+def test_held_tasks_do_not_count() -> None:
+    assert scaling.recommend(Load(runnable=2, running=3, held=500), bounds(per=4))[0] == 2
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("0", 0), (" 3 ", 3)])
+def test_paused_replicas_annotation_values(value: str | None, expected: int | None) -> None:
+    assert scaling.parse_paused_replicas(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "-1", "two", "1.5"])
+def test_a_bad_paused_replicas_value_says_how_to_fix_it(value: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a replica count .*remove the annotation to resume autoscaling"):
+        scaling.parse_paused_replicas(value)

@@ -28,3 +28,11 @@ def test_only_composed_queries_have_slots() -> None:
 
 def test_listen_names_a_protocol_channel_as_an_identifier() -> None:
     assert db.listen(protocol.QUEUE_CHANNEL).as_string(None) == f'LISTEN "{protocol.QUEUE_CHANNEL}"'
+
+
+def test_the_limited_claim_marks_and_claims_tasks_word_for_word_as_task_claim() -> None:
+    # Only which tasks to take differs: how an attempt is claimed and marked alive has one definition, so a
+    # change to task_claim's UPDATE fails here until task_claim_limited follows it.
+    claim, limited = queries.get("task_claim"), queries.get("task_claim_limited")
+    update = claim[claim.index("\nUPDATE "):]
+    assert "FROM candidates" in update and limited.endswith(update)

@@ -56,3 +56,4 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 for _command in (runtime.migrate, runtime.worker, runtime.operator, runtime.dev, tasks.tasks, tasks.enqueue,
                  queues.queue_group, schedules.schedules_group, apply.apply_cmd, dashboard):
     main.add_command(_command)
+main.add_command(queues.queue_group, name="queues")  # `kubetasks queues pause billing` reads naturally too

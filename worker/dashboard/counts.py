@@ -1,5 +1,6 @@
-"""The dashboard's counts: the overview page (cached a few seconds), queue depth and the namespaces holding
-tasks, each read through an index rather than a scan of the task table."""
+"""The dashboard's counts: the overview page (cached a few seconds), queue depth with each queue's controls
+(paused, limits, tasks they hold back) and the namespaces holding tasks, each read through an index rather than
+a scan of the task table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import db, protocol, queue
+from .. import controls, db, protocol, queue
 from ..db import Conn
 from . import queries
 
@@ -47,8 +48,28 @@ def overview(conn: Conn, *, max_age: float = 5.0, now: datetime | None = None) -
     return value
 
 
+def forget_overview() -> None:
+    """After a change the overview shows (a queue paused or resumed), so the next read is not a stale copy."""
+    _overview_cache.clear()
+
+
 def queue_depth(conn: Conn) -> list[dict[str, Any]]:
-    return queue.queue_depth(conn)
+    """Depth per queue with its controls; a paused or limited queue is listed even while it holds no task."""
+    found = {c.name: c for c in controls.list_controls(conn)}
+    rows = {r["queue"]: {**r, "held": 0} for r in queue.queue_depth(conn)}
+    for name in found:
+        rows.setdefault(name, {"queue": name, "runnable": 0, "delayed": 0, "executing": 0, "held": 0})
+    if found:
+        for r in controls.startable(conn, list(found)):
+            rows[r["queue"]]["held"] = int(r["runnable"]) - int(r["startable"])
+    return [{**row, **control_fields(found.get(name) or controls.QueueControl(name))}
+            for name, row in sorted(rows.items())]
+
+
+def control_fields(control: controls.QueueControl) -> dict[str, Any]:
+    fields = control.as_json()
+    del fields["name"]
+    return fields
 
 
 def _estimate(conn: Conn) -> int:

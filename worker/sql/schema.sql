@@ -653,6 +653,43 @@ CREATE TRIGGER tasks_schedule_run_finished AFTER UPDATE ON kubetasks.tasks
                        AND NEW.state IN ('successful', 'warning', 'error', 'cancelled'))
     EXECUTE FUNCTION kubetasks.schedule_run_finished();
 
+-- 0008: queue controls: one row per queue that is paused or limited; a queue without a row is neither.
+CREATE TABLE kubetasks.queues (
+    name text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
+    -- Workers claim nothing from a paused queue; running tasks finish, queued ones wait.
+    paused boolean NOT NULL DEFAULT false,
+    -- At most this many tasks of the queue with a worker at once, across all workers; NULL: no limit.
+    concurrency_limit integer CHECK (concurrency_limit >= 1),
+    -- At most key_concurrency_limit running tasks per value of args->>concurrency_key (e.g. customer_id).
+    concurrency_key text CHECK (length(concurrency_key) BETWEEN 1 AND 128),
+    key_concurrency_limit integer CHECK (key_concurrency_limit >= 1),
+    -- At most rate_limit starts per rate_period seconds: a token bucket of rate_limit tokens, refilled
+    -- continuously, spent by the claims (rate_tokens as of rate_refilled_at).
+    rate_limit integer CHECK (rate_limit >= 1),
+    rate_period double precision CHECK (rate_period > 0),
+    rate_tokens double precision NOT NULL DEFAULT 0,
+    rate_refilled_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT queues_key_with_limit CHECK ((concurrency_key IS NULL) = (key_concurrency_limit IS NULL)),
+    CONSTRAINT queues_rate_with_period CHECK ((rate_limit IS NULL) = (rate_period IS NULL))
+);
+
+-- Tell workers a queue's controls changed ("<queue>"); the claims' token updates are not a change.
+CREATE FUNCTION kubetasks.notify_queue_control() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('kubetasks_queue_control', coalesce(NEW.name, OLD.name));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER queues_notify_control AFTER INSERT OR DELETE ON kubetasks.queues
+    FOR EACH ROW EXECUTE FUNCTION kubetasks.notify_queue_control();
+CREATE TRIGGER queues_notify_control_change AFTER UPDATE ON kubetasks.queues
+    FOR EACH ROW WHEN ((OLD.paused, OLD.concurrency_limit, OLD.concurrency_key, OLD.key_concurrency_limit,
+                        OLD.rate_limit, OLD.rate_period)
+                       IS DISTINCT FROM (NEW.paused, NEW.concurrency_limit, NEW.concurrency_key,
+                                         NEW.key_concurrency_limit, NEW.rate_limit, NEW.rate_period))
+    EXECUTE FUNCTION kubetasks.notify_queue_control();
+
 -- Migration bookkeeping (made by `kubetasks migrate` itself, see sql/database.sql): one row per applied file.
 CREATE TABLE kubetasks.schema_migrations (
     version integer PRIMARY KEY,
@@ -667,4 +704,5 @@ INSERT INTO kubetasks.schema_migrations (version, name) VALUES
     (5, '0005_workflows.sql'),
     (6, '0006_worker_sessions.sql'),
     (7, '0007_schedule_policies.sql'),
+    (8, '0008_queue_controls.sql'),
     (9, '0009_trace_context.sql');

@@ -119,6 +119,26 @@ function scheduleRow(s) {
     el("td", {}, when(s.last_success)), el("td", {}, buttons));
 }
 
+function queueLimits(q) {
+  const parts = [];
+  if (q.concurrency_limit) parts.push(`${q.concurrency_limit} running`);
+  if (q.concurrency_key) parts.push(`${q.key_concurrency_limit} per ${q.concurrency_key}`);
+  if (q.rate_limit) parts.push(`${q.rate_limit} per ${q.rate_period} s`);
+  return parts.join(", ") || "–";
+}
+
+function queueRow(q) {
+  const name = encodeURIComponent(q.queue);
+  const button = q.paused
+    ? el("button", {class: "resume", title: "Resume", onclick: () => act("resume queue " + q.queue,
+        () => api("POST", `/queues/${name}/resume`))}, "▶ Resume")
+    : el("button", {class: "pause", title: "Pause", onclick: () => act("pause queue " + q.queue,
+        () => api("POST", `/queues/${name}/pause`))}, "❙❙ Pause");
+  return el("tr", {class: "queue", "data-name": q.queue}, el("td", {}, q.queue), el("td", {}, String(q.runnable)),
+    el("td", {}, String(q.delayed)), el("td", {}, String(q.executing)), el("td", {}, q.paused ? "paused" : "active"),
+    el("td", {}, queueLimits(q)), el("td", {}, String(q.held)), el("td", {}, button));
+}
+
 function editSchedule(s) {
   if (s.owned_by_resource) {
     flash(`${s.name} is owned by a Schedule resource: edit it with kubectl -n ${s.namespace} edit schedules.kubetasks.dev ` +
@@ -278,9 +298,9 @@ async function overviewPage() {
           el("tbody", {}, Object.keys(byActor).sort().map((a) => el("tr", {}, el("td", {}, a),
             o.states.map((s) => el("td", {}, String(byActor[a][s] || 0))))))),
         el("h2", {}, "Queue depth"),
-        el("table", {id: "queues"}, el("thead", {}, el("tr", {}, ["Queue", "Runnable", "Delayed", "Executing"].map((h) => el("th", {}, h)))),
-          el("tbody", {}, o.queues.map((q) => el("tr", {}, el("td", {}, q.queue), el("td", {}, String(q.runnable)),
-            el("td", {}, String(q.delayed)), el("td", {}, String(q.executing)))))),
+        el("table", {id: "queues"}, el("thead", {}, el("tr", {}, ["Queue", "Runnable", "Delayed", "Executing", "State",
+                                                                  "Limits", "Held", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, o.queues.map(queueRow))),
         el("p", {class: "muted"}, "as of " + when(o.at)));
     } catch (exc) { if (exc.message !== "unauthenticated") flash(exc.message, true); }
   };
