@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from . import notifyrules, protocol
@@ -24,7 +24,9 @@ class Actor:
     time_limit: float | None = None
     priority: int = 0
     retry_backoff: float | None = None
-    notify: tuple[notifyrules.NotificationRule, ...] = ()  # default notification rules of its tasks
+    # Default notification rules of its tasks; not part of equality or the hash (rules hold lists, which do not
+    # hash, and an actor is used as a cache key).
+    notify: tuple[notifyrules.NotificationRule, ...] = field(default=(), compare=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
