@@ -1,11 +1,13 @@
 """The rescuer takes back attempts whose worker is gone, and only those: a worker session's attempts are alive
 while the connection holding the session's lock lives; attempts claimed by workers before schema 6 (no session,
-one lock per attempt) are judged by that lock, and such a worker's own rescuer cannot take a live session's task."""
+one lock per attempt) are judged by that lock, and such a worker's own rescuer cannot take a live session's task
+(its statement fails while any of its suspects belongs to a live session)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from waiting import wait_for
 
@@ -141,7 +143,8 @@ def test_an_older_workers_rescuer_cannot_take_a_live_sessions_task(
     task = queue.enqueue(conn, "tests.rescued", {}).id
     claim(worker_conn, start_session(worker_conn))
     with db.connect(dsn) as old_worker:
-        assert list(old_worker.execute(PRE_SESSION_RESCUE)) == []  # skipped by tasks_rescue_guard
+        with pytest.raises(psycopg.errors.RaiseException, match="live worker session"):
+            old_worker.execute(PRE_SESSION_RESCUE)  # refused by tasks_rescue_guard, the whole statement undone
         assert state(conn, task) == ("running", "Running", "new/1")
         close_and_wait(worker_conn, conn)
         assert [row["id"] for row in old_worker.execute(PRE_SESSION_RESCUE)] == [task]
