@@ -124,8 +124,10 @@ def test_worker_connections_terminated_repeatedly_under_load_every_task_once(
     (pg_terminate_backend): each loss must be ridden out without running a task twice unexplained."""
     runs = tmp_path / "runs"
     runs.mkdir()
+    # Each loss is an attempt (WorkerLost): 40 rounds may hit one task more often than the default 3 retries
+    # allow, which fails it by design; what is checked here is that no task is lost or run twice unexplained.
     queue.enqueue_many(conn, "t.sleep", ({"path": str(runs / str(i)), "seconds": LOAD_SECONDS}
-                                         for i in range(LOAD)), time_limit=30)
+                                         for i in range(LOAD)), time_limit=30, max_retries=20)
     procs = [workers(dsn, threads=4) for _ in range(2)]
     terminated = 0
     for _ in range(KILLS):

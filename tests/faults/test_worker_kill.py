@@ -44,6 +44,11 @@ def test_kill9_three_times_mid_batch_every_task_ends_once(
         name = probes.worker_name(victim.pid)
         wait_for(partial(ledger.executing, conn, name), timeout=10, interval=0.005, what="the victim to hold attempts")
         victim.kill()
+        # Statements the victim sent just before dying (an outcome write) still commit or roll back until its
+        # backends notice: only then is "held by the victim" final.
+        wait_for(lambda n=name: conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = %s",
+            (f"kubetasks-worker {n}",)).fetchone() == {"n": 0}, timeout=30, what="the victim's connections gone")
         killed += [(r["id"], r["attempts"]) for r in conn.execute(
             "SELECT id, attempts FROM kubetasks.tasks WHERE worker = %s", (name,))]
         victim = workers(dsn, threads=4)  # the replacement a Deployment would start
