@@ -82,14 +82,8 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
     bounds = scaling.Bounds(min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, per_replica=per,
                             stabilization=float(spec.scale_down_stabilization_seconds))
     decision = scaling.decide(time.monotonic() if clock is None else clock, current, load, bounds, memory)
-    last_scale = old.get("lastScaleTime")
-    if decision.desired != current:
-        rt.kube.set_scale(namespace, target, decision.desired)
-        last_scale = now
-        message = (f"Scaled {target} from {current} to {decision.desired}: {load.runnable} runnable and "
-                   f"{load.running} running tasks, {per} per replica")
-        log.info("WorkerPool %s/%s: %s", namespace, name, message)
-        rt.kube.event(dict(body), "Normal", "Scaled", message)
+    last_scale = _scale(rt, body, target, current, decision.desired, old, now,
+                        f"{load.runnable} runnable and {load.running} running tasks, {per} per replica")
     before = old.get("conditions") or ()
     active = load.runnable + load.running > 0
     new = resources.WorkerPoolStatus(
@@ -110,6 +104,19 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
     return new
 
 
+def _scale(rt: Runtime, body: Mapping[str, Any], target: str, current: int, replicas: int,
+           old: Mapping[str, Any], now: datetime, why: str) -> Any:
+    """Set the target's replicas if they differ, with a log line and an Event; returns lastScaleTime."""
+    if replicas == current:
+        return old.get("lastScaleTime")
+    meta = body["metadata"]
+    rt.kube.set_scale(meta["namespace"], target, replicas)
+    message = f"Scaled {target} from {current} to {replicas}: {why}"
+    log.info("WorkerPool %s/%s: %s", meta["namespace"], meta["name"], message)
+    rt.kube.event(dict(body), "Normal", "Scaled", message)
+    return now
+
+
 def _activity(load: scaling.Load, spec: resources.WorkerPoolSpec) -> str:
     held = f" ({load.held} more held back by queue controls)" if load.held else ""
     return f"{load.runnable} runnable{held}, {load.running} running on queues " + ", ".join(spec.queues)
@@ -121,14 +128,8 @@ def _hold(rt: Runtime, body: Mapping[str, Any], old: Mapping[str, Any], now: dat
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     target = spec.scale_target_ref.name
-    last_scale = old.get("lastScaleTime")
-    if current != replicas:
-        rt.kube.set_scale(namespace, target, replicas)
-        last_scale = now
-        message = (f"Scaled {target} from {current} to {replicas}: held by the "
-                   f"{resources.PAUSED_REPLICAS_ANNOTATION} annotation")
-        log.info("WorkerPool %s/%s: %s", namespace, name, message)
-        rt.kube.event(dict(body), "Normal", "Scaled", message)
+    last_scale = _scale(rt, body, target, current, replicas, old, now,
+                        f"held by the {resources.PAUSED_REPLICAS_ANNOTATION} annotation")
     before = old.get("conditions") or ()
     active = load.runnable + load.running > 0
     new = resources.WorkerPoolStatus(
