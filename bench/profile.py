@@ -106,8 +106,9 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
         db.migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        conn.execute("INSERT INTO kubetasks.tasks (actor, args) SELECT 'bench.noop', "
-                     "jsonb_build_object('i', g, 'f', 0) FROM generate_series(0, %s - 1) AS g", (args.tasks,))
+        conn.execute("INSERT INTO kubetasks.tasks (actor, args) SELECT %s, "
+                     "jsonb_build_object('i', g, 'f', 0) FROM generate_series(0, %s - 1) AS g",
+                     (args.actor, args.tasks))
         conn.execute("ANALYZE kubetasks.tasks")
         if args.limit_concurrency and not code:  # the queue's claims go through task_claim_limited
             conn.execute("INSERT INTO kubetasks.queues (name, concurrency_limit) VALUES ('default', %s)",
@@ -220,6 +221,8 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--actor", default="bench.noop", choices=["bench.noop", "bench.noop_async"],
+                   help="the sync no-op actor (task threads) or the async one (the worker's event loop)")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--no-py-spy", action="store_true", help="CPU and pg_stat_statements only (no sampling)")
     p.add_argument("--work-dir", default="")

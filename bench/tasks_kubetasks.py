@@ -15,6 +15,13 @@ def noop(i: int, f: int = 0) -> None:
         raise FailOnce(i)
 
 
+@actor(name="bench.noop_async")
+async def noop_async(i: int, f: int = 0) -> None:
+    record(i)
+    if should_fail(f, context.current().attempt - 1):
+        raise FailOnce(i)
+
+
 @actor(name="bench.sched")
 def sched(k: int) -> None:
     record(f"s{k}")

@@ -1,8 +1,9 @@
 """The consumer loop of one worker process: LISTEN, claim, hand to threads, record outcomes.
 
-One asyncio loop and two connections: `listen` only waits for notifications; `work` claims batches
-(one statement per wake-up, not one per thread), records outcomes in batches and holds the worker
-session's advisory lock, one for all attempts (tasks.session names the session that claimed them). The
+One asyncio loop and three connections: `listen` only waits for notifications; `work` claims batches
+(one statement per wake-up, not one per thread) and holds the worker session's advisory lock, one for
+all attempts (tasks.session names the session that claimed them); `record` writes outcomes in batches,
+alongside the claims rather than between them (the two round trips overlap on two server backends). The
 loop scans on start-up, on every notification for its queues, and whenever `consumer_listen_timeout`
 passes without one (tasks whose notification was missed, retries now due, future-dated tasks). On a
 lost connection it reconnects with backoff, takes back the session's lock if the attempts still running
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -79,9 +81,12 @@ class Consumer:
         self.outcome_ready = asyncio.Event()
         self._signalled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self.work: AsyncConn | None = None
         self.session: int | None = None  # the number whose lock `work` holds (tasks.session)
         self.listen: AsyncConn | None = None
+        self.record: AsyncConn | None = None
+        self._writing = False  # the recorder is in a round trip
         self.backlog = False
         self._durations: dict[str, Any] = {}  # the duration histogram's child per actor
         # Controls of our queues that have any (controls.py), re-read when the database announces a change.
@@ -106,7 +111,10 @@ class Consumer:
         self.outcomes.append((job, outcome))
         if not self._signalled and self._loop is not None:
             self._signalled = True
-            self._loop.call_soon_threadsafe(self.outcome_ready.set)
+            if threading.get_ident() == self._loop_thread:  # an async actor's, or an interrupt from the loop
+                self.outcome_ready.set()
+            else:
+                self._loop.call_soon_threadsafe(self.outcome_ready.set)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -115,7 +123,8 @@ class Consumer:
     async def run(self) -> int:
         """Consume until stop(); returns the process exit code (75: restart me)."""
         self._loop = asyncio.get_running_loop()
-        self.executor.start()
+        self._loop_thread = threading.get_ident()
+        self.executor.start(self._loop)
         backoff = db.Backoff.for_database(self.settings.database, first=0.1)
         try:
             while not self.stopping.is_set():
@@ -142,6 +151,7 @@ class Consumer:
         name = f"kubetasks-worker {self.name}"
         self.work = await db.connect_async(self.settings.database, application_name=name)
         self.listen = await db.connect_async(self.settings.database, application_name=name)
+        self.record = await db.connect_async(self.settings.database, application_name=name)
         for channel in (protocol.QUEUE_CHANNEL, protocol.CANCEL_CHANNEL, protocol.QUEUE_CONTROL_CHANNEL):
             await self.listen.execute(db.listen(channel))
         self.controls = await controls.load(self.work, self.queues)  # after LISTEN: no change slips between
@@ -151,11 +161,11 @@ class Consumer:
         self.wake.set()  # scan first: tasks may have been enqueued while nobody listened
 
     async def _close(self) -> None:
-        for conn in (self.listen, self.work):
+        for conn in (self.listen, self.record, self.work):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-        self.listen = self.work = None
+        self.listen = self.record = self.work = None
 
     async def _start_session(self) -> None:
         """Hold a session lock on `work`: the previous session's when attempts claimed in it are still pending
@@ -190,14 +200,14 @@ class Consumer:
     # -- the loop -----------------------------------------------------------------------------------
     async def _serve(self) -> None:
         assert self.listen is not None
-        listener = asyncio.create_task(self._listen(self.listen))
+        helpers = [asyncio.create_task(self._listen(self.listen)), asyncio.create_task(self._recorder())]
         try:
             while not self.stopping.is_set():
                 self.health.beat()
-                if listener.done():
-                    listener.result()  # re-raise what ended it
-                if self.executor.needs_restart:
-                    await self._flush()
+                for helper in helpers:
+                    if helper.done():
+                        helper.result()  # re-raise what ended it
+                if self.executor.needs_restart:  # the outcomes are written by _drain, once the recorder is done
                     log.error("%d task threads are stuck past their time limit; restarting this process",
                               len(self.executor.abandoned))
                     self.stopping.set()
@@ -208,28 +218,41 @@ class Consumer:
                 capacity = self.capacity()
                 free = capacity - len(self.executor.inflight)
                 # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
-                claim = free > 0 and self.wake.is_set() and (
-                    not self.backlog or free >= capacity // 2 or not self.executor.inflight)
-                if claim:
+                if free > 0 and self.wake.is_set() and (
+                        not self.backlog or free >= capacity // 2 or not self.executor.inflight):
                     self.wake.clear()
-                    claimed = await self._exchange(free)
+                    claimed = await self._claim_all(free)
                     self.backlog = claimed >= free
                     if self.backlog:
                         self.wake.set()  # a full batch: more may be waiting
                     continue
-                if self.outcomes:
-                    await self._exchange(0)
-                    continue
-                await self._wait(listener)
+                await self._wait(helpers)
         finally:
+            listener, recorder = helpers
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
-                await listener
+            # A write under way is let finish: cancelling it mid-statement would leave unknown whether it committed.
+            while self._writing and not recorder.done():
+                await asyncio.wait([recorder], timeout=0.05)
+            recorder.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError, *db.CONNECTION_ERRORS):
+                    await helper
 
-    async def _wait(self, listener: asyncio.Task[None]) -> None:
-        waits = [asyncio.ensure_future(e.wait()) for e in (self.wake, self.outcome_ready, self.stopping)]
+    async def _recorder(self) -> None:
+        """Write outcomes as they come, one batch per round trip, on the `record` connection."""
+        while True:
+            await self.outcome_ready.wait()
+            self._writing = True
+            try:
+                await self._write_batch()
+            finally:
+                self._writing = False
+            self.wake.set()  # slots were freed: the claim loop looks again
+
+    async def _wait(self, helpers: list[asyncio.Task[None]]) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.wake, self.stopping)]
         try:
-            done, _ = await asyncio.wait([*waits, listener], timeout=self.listen_timeout,
+            done, _ = await asyncio.wait([*waits, *helpers], timeout=self.listen_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
@@ -251,33 +274,33 @@ class Consumer:
                 self.controls_stale = True  # re-read before the next claim
                 self.wake.set()
 
-    async def _exchange(self, free: int) -> int:
-        """One round trip: write the outcomes gathered so far and claim up to `free` tasks, pipelined.
-        Returns how many tasks were claimed."""
-        assert self.work is not None
+    async def _write_batch(self) -> None:
+        """Record the outcomes gathered so far (up to FLUSH_BATCH) in one round trip."""
+        assert self.record is not None
         self._signalled = False
         self.outcome_ready.clear()
         batch = [self.outcomes.popleft() for _ in range(min(FLUSH_BATCH, len(self.outcomes)))]
-        claimed: list[tuple[Any, ...]] = []
+        if not batch:
+            return
         try:
-            async with self.work.pipeline():
-                if batch:
-                    await self._write([outcome for _, outcome in batch])
-                if free > 0:
-                    claimed = await self._claim(self.queues[0], free)
+            await self._write([outcome for _, outcome in batch])
         except BaseException:
             self.outcomes.extendleft(reversed(batch))  # written after reconnecting
             raise
-        # Only now is the claim committed (the pipeline's sync): run nothing that might still roll back.
-        self._submit(claimed)
         self._after_write(batch)
-        for queue in self.queues[1:]:  # the other queues, in order of preference, while slots remain
-            if len(claimed) >= free:
+        if self.outcomes:  # more came in meanwhile, or the batch was full
+            self.outcome_ready.set()
+
+    async def _claim_all(self, free: int) -> int:
+        """Claim up to `free` tasks from our queues in order of preference; returns how many."""
+        claimed = 0
+        for queue in self.queues:
+            if claimed >= free:
                 break
-            more = await self._claim(queue, free - len(claimed))  # committed on return (autocommit)
-            self._submit(more)
-            claimed += more
-        return len(claimed)
+            rows = await self._claim(queue, free - claimed)  # committed on return (autocommit)
+            self._submit(rows)
+            claimed += len(rows)
+        return claimed
 
     async def _claim(self, queue: str, limit: int) -> list[tuple[Any, ...]]:
         """Claimed rows as tuples in the order of Job's fields (no dict per row)."""
@@ -351,20 +374,20 @@ class Consumer:
 
     async def _flush(self) -> None:
         while self.outcomes:
-            await self._exchange(0)
+            await self._write_batch()
 
     async def _write(self, outcomes: list[policies.Outcome]) -> None:
         """Record outcomes: attempt rows only when they tell something, then one UPDATE for all."""
-        assert self.work is not None
-        async with self.work.transaction():
+        assert self.record is not None
+        async with self.record.transaction():
             recorded = [o for o in outcomes if o.worth_recording]
             if recorded:
-                await self.work.execute(queries.get("attempt_insert_many"), {
+                await self.record.execute(queries.get("attempt_insert_many"), {
                     "ids": [o.task_id for o in recorded], "attempts": [o.attempt for o in recorded],
                     "states": [o.state for o in recorded], "reasons": [o.reason for o in recorded],
                     "worker": [self.name] * len(recorded), "started": [o.started_at for o in recorded],
                     "errors": [o.error for o in recorded], "logs": [o.log for o in recorded]})
-            await self.work.execute(queries.get("task_finish_many"), {
+            await self.record.execute(queries.get("task_finish_many"), {
                 "ids": [o.task_id for o in outcomes], "states": [o.state for o in outcomes],
                 "reasons": [o.reason for o in outcomes], "results": [o.result for o in outcomes],
                 "errors": [o.error for o in outcomes], "etas": [o.eta for o in outcomes],

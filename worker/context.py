@@ -1,12 +1,14 @@
 """What a running task can see and say: its context, its log, and how it reports warnings and errors.
 
-Each attempt's log is captured per thread (logging records and `print`), so concurrent tasks in one
-process never mix logs. `time.sleep` is made cancellable inside task threads, so a task sleeping past
-its time limit (or cancelled) stops at once instead of when the sleep ends.
+Each attempt's log is captured per attempt (logging records and `print`), so concurrent tasks in one
+process never mix logs: the running attempt is a context variable, which each task thread and each
+asyncio task of an async actor has its own of. `time.sleep` is made cancellable inside task threads, so a
+task sleeping past its time limit (or cancelled) stops at once instead of when the sleep ends.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import sys
@@ -53,12 +55,28 @@ class TaskContext:
     max_retries: int
     time_limit: float
     settings: Settings | None = None  # of the worker running the task (built-in actors read their limits here)
-    stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: type[Interrupted] = TimeLimitExceeded
     reported: str | None = None  # 'warning' or 'error' when the task said so itself
     messages: list[str] = field(default_factory=list)
     _log: list[str] = field(default_factory=list)
     _log_size: int = 0
+    _partial: str = ""  # printed text not yet ended by a newline
+    _stop: threading.Event | None = None  # made on first use: most attempts are never interrupted nor sleep
+
+    @property
+    def stop(self) -> threading.Event:
+        """Set once the attempt is told to stop (time limit, cancel, shutdown); what a cancellable sleep waits on."""
+        event = self._stop
+        if event is None:
+            with _stop_lock:
+                if self._stop is None:
+                    self._stop = threading.Event()
+                event = self._stop
+        return event
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def log(self, message: str) -> None:
         """Append a line to this attempt's log."""
@@ -89,23 +107,24 @@ class TaskContext:
         self.stop.set()
 
 
-_local = threading.local()
+_stop_lock = threading.Lock()
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("kubetasks_task", default=None)
 
 
 def current() -> TaskContext:
-    """The context of the task running in this thread."""
-    ctx: TaskContext | None = getattr(_local, "ctx", None)
+    """The context of the task running in this thread (or asyncio task, for an async actor)."""
+    ctx = _current.get()
     if ctx is None:
         raise RuntimeError("kubetasks.worker.context.current() called outside a task")
     return ctx
 
 
 def current_or_none() -> TaskContext | None:
-    return getattr(_local, "ctx", None)
+    return _current.get()
 
 
 def bind(ctx: TaskContext | None) -> None:
-    _local.ctx = ctx
+    _current.set(ctx)
 
 
 class _TaskLogHandler(logging.Handler):
@@ -125,17 +144,15 @@ class _TaskStream(io.TextIOBase):
 
     def __init__(self, real: TextIO) -> None:
         self.real = real
-        self._partial = threading.local()
 
     def write(self, text: str) -> int:
         ctx = current_or_none()
         if ctx is None:
             return self.real.write(text)
-        buffered: str = getattr(self._partial, "text", "") + text
-        *lines, rest = buffered.split("\n")
+        *lines, rest = (ctx._partial + text).split("\n")
         for line in lines:
             ctx.log(line)
-        self._partial.text = rest
+        ctx._partial = rest
         return len(text)
 
     def flush(self) -> None:

@@ -1,4 +1,9 @@
-"""Runs claimed tasks on a fixed set of threads and enforces their time limits.
+"""Runs claimed tasks, sync actors on a fixed set of threads and async actors on the worker's event loop,
+and enforces their time limits.
+
+An async actor's attempt is an asyncio task: no thread hand-off, and up to `threads` of them run at once
+besides the threads. Its time limit and a cancel record the outcome at once and cancel the asyncio task.
+An async actor must not block: it shares the loop with the worker's own claims and health checks.
 
 Threads cannot be killed, so a task past its deadline is stopped in three steps: its outcome is
 recorded as TimedOut at once (the task is failed on time whatever the thread does); the thread gets an
@@ -10,6 +15,8 @@ restarted.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ctypes
 import functools
 import inspect
@@ -18,7 +25,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -90,6 +97,7 @@ class Job:
     done: bool = False  # an outcome was handed over; later ones are dropped
     deadline: float | None = None  # monotonic time the time limit ends, set when execution starts
     thread: TaskThread | None = None
+    running: Lane | None = None  # the lane running the attempt of an async actor, once started
 
     def __post_init__(self) -> None:
         self.ctx = TaskContext(self.task_id, self.actor, self.attempt, self.max_retries, self.time_limit)
@@ -97,6 +105,17 @@ class Job:
 
 OutcomeSink = Callable[[Job, policies.Outcome], None]
 Execute = Callable[["TaskThread", Job], None]
+ExecuteAsync = Callable[[Job], Coroutine[Any, Any, None]]
+
+
+class Lane:
+    """Where attempts of async actors run one after another: an asyncio task, and the attempt it is in."""
+
+    __slots__ = ("current", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.current: Job | None = None
 
 
 class TaskThread(threading.Thread):
@@ -126,9 +145,11 @@ class Executor:
         self.settings = settings  # handed to each task's context
         self.sink = sink
         self.execute: Execute = self._execute
+        self.execute_async: ExecuteAsync = self._execute_async
         traced = tracing.get(settings) if settings is not None else None
         if traced is not None:  # wrapped once here, so an untraced worker pays nothing per attempt
             self.execute = traced.around(self._execute)
+            self.execute_async = traced.around_async(self._execute_async)
             self.sink = traced.ending(sink)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -143,12 +164,17 @@ class Executor:
         self._count = 0
         self.watchdog = Watchdog(self)
         self.mean_duration: float | None = None  # moving average of execution time, seconds
+        self.loop: asyncio.AbstractEventLoop | None = None  # where async actors run; None: on a thread instead
+        self.async_waiting: collections.deque[Job] = collections.deque()
+        self.lanes: set[Lane] = set()
 
     @property
     def needs_restart(self) -> bool:
         return len(self.abandoned) >= self.abandoned_limit
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the threads; async actors run on `loop` (submit() is then called on that loop's thread)."""
+        self.loop = loop
         context.install()
         for _ in range(self.size):
             self._spawn()
@@ -164,7 +190,72 @@ class Executor:
         job.ctx.settings = self.settings
         with self.lock:
             self.inflight[job.task_id] = job
-        self.jobs.put(job)
+        actor = registry.find(job.actor)
+        if self.loop is not None and actor is not None and actor.is_async:
+            self.async_waiting.append(job)
+            self._start_async()
+        else:
+            self.jobs.put(job)
+
+    def _start_async(self) -> None:
+        """Lanes (asyncio tasks, at most `size`) take the waiting attempts one after another: an attempt that
+        does not suspend costs no task of its own."""
+        assert self.loop is not None
+        while self.async_waiting and len(self.lanes) < self.size:
+            lane = Lane()
+            self.lanes.add(lane)
+            lane.task = self.loop.create_task(self._run_lane(lane))
+
+    async def _run_lane(self, lane: Lane) -> None:
+        try:
+            while self.async_waiting:
+                job = self.async_waiting.popleft()
+                lane.current = job
+                job.running = lane
+                try:
+                    await self.execute_async(job)
+                finally:
+                    lane.current = None
+        finally:
+            self.lanes.discard(lane)
+            if self.async_waiting:  # this lane was cancelled outside an attempt (shutdown): others carry on
+                self._start_async()
+
+    def _cancel_async(self, job: Job) -> None:
+        """On the loop: cancel the lane while it is still inside this attempt (it may have moved on since)."""
+        lane = job.running
+        if lane is not None and lane.current is job and lane.task is not None:
+            lane.task.cancel()
+
+    async def _execute_async(self, job: Job) -> None:
+        with self.lock:
+            if job.done:  # finalised (cancelled, timed out) before it started
+                return
+            job.deadline = time.monotonic() + job.time_limit  # the watchdog enforces it
+        context.bind(job.ctx)  # the lane's own context: no other lane sees it
+        began = time.monotonic()
+        returned: Any = None
+        raised: BaseException | None = None
+        try:
+            if job.ctx.stopped:
+                raise job.ctx.stop_reason()
+            actor = registry.get(job.actor)
+            args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
+            _check_arguments(actor, args, kwargs)
+            returned = await actor.fn(*args, **kwargs)
+        except InvalidInput as exc:
+            raised = context.TaskError(str(exc))
+        except asyncio.CancelledError:
+            # Ours (time limit, cancel, shutdown: the outcome is recorded already) or the task's own doing.
+            raised = job.ctx.stop_reason() if job.ctx.stopped else RuntimeError("the task was cancelled")
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the lane goes on with the next attempt
+        except BaseException as exc:
+            raised = exc
+        finally:
+            context.bind(None)
+        self._conclude(job, time.monotonic() - began, returned, raised)
 
     def _execute(self, thread: TaskThread, job: Job) -> None:
         with self.lock:
@@ -179,12 +270,14 @@ class Executor:
         returned: Any = None
         raised: BaseException | None = None
         try:
-            if job.ctx.stop.is_set():
+            if job.ctx.stopped:
                 raise job.ctx.stop_reason()
             actor = registry.get(job.actor)
             args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
             _check_arguments(actor, args, kwargs)
             returned = actor.fn(*args, **kwargs)
+            if inspect.iscoroutine(returned):  # an async actor without a loop to run on (no consumer)
+                returned = asyncio.run(returned)
         except InvalidInput as exc:  # unknown actor or wrong arguments: every retry would fail the same way
             raised = context.TaskError(str(exc))
         except BaseException as exc:
@@ -192,7 +285,14 @@ class Executor:
         finally:
             context.bind(None)
             self._detach(thread)
-        took = time.monotonic() - began
+        self._conclude(job, time.monotonic() - began, returned, raised)
+        with self.lock:
+            if thread in self.abandoned:
+                self.abandoned.discard(thread)
+                thread.retired = True
+
+    def _conclude(self, job: Job, took: float, returned: Any, raised: BaseException | None) -> None:
+        """An attempt's outcome from what it returned or raised, handed to the sink."""
         mean = self.mean_duration
         self.mean_duration = took if mean is None else mean + 0.05 * (took - mean)
         if raised is not None and isinstance(raised, KeyboardInterrupt | SystemExit):
@@ -201,10 +301,6 @@ class Executor:
                                   backoff_base=job.retry_backoff or self.backoff_base, backoff_max=self.backoff_max,
                                   started_at=job.started_at, rng=self.rng)
         self._finish(job, outcome)
-        with self.lock:
-            if thread in self.abandoned:
-                self.abandoned.discard(thread)
-                thread.retired = True
 
     def _detach(self, thread: TaskThread) -> None:
         # An interrupt injected a moment too late must not hit the next task: clear it under the lock
@@ -242,6 +338,8 @@ class Executor:
             if thread is not None and thread.ident is not None:
                 thread.injected = True
                 _raise_in(thread.ident, reason)
+            if job.running is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(self._cancel_async, job)
         outcome = policies.decide(job.ctx, raised=reason(), now=datetime.now(UTC),
                                   backoff_base=self.backoff_base, backoff_max=self.backoff_max,
                                   started_at=job.started_at)
@@ -296,6 +394,10 @@ class Watchdog(threading.Thread):
                 if job is not None and not job.done and job.deadline is not None and now >= job.deadline:
                     pool.expire(job)
                     self.stuck_checks.append((now + pool.abandon_grace, job))
+            for lane in list(pool.lanes):  # an async attempt past its limit: its lane is cancelled
+                job = lane.current
+                if job is not None and not job.done and job.deadline is not None and now >= job.deadline:
+                    pool.expire(job)
             due = [job for at, job in self.stuck_checks if at <= now]
             self.stuck_checks = [(at, job) for at, job in self.stuck_checks if at > now]
             for job in due:

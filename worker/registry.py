@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -27,6 +28,11 @@ class Actor:
     # Default notification rules of its tasks; not part of equality or the hash (rules hold lists, which do not
     # hash, and an actor is used as a cache key).
     notify: tuple[notifyrules.NotificationRule, ...] = field(default=(), compare=False)
+    # An `async def` actor: its attempts run on the worker's event loop instead of a thread.
+    is_async: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

@@ -25,7 +25,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
-    from .executor import Execute, Job, OutcomeSink, TaskThread
+    from contextvars import Token
+
+    from .executor import Execute, ExecuteAsync, Job, OutcomeSink, TaskThread
     from .policies import Outcome
 
 TRACER_NAME: Final = "kubetasks"
@@ -85,28 +87,49 @@ class Tracing:
         """The executor's `execute`, running each attempt inside its span."""
 
         def execute_traced(thread: TaskThread, job: Job) -> None:
-            if job.done:  # finalised (cancelled, timed out) before it started: no attempt to trace
-                execute(thread, job)
-                return
-            queue, traceparent = split_trace(job.trace)
-            parent = self.propagator.extract({"traceparent": traceparent}) if traceparent else otel_context.Context()
-            attributes: dict[str, str | int] = {SYSTEM: TRACER_NAME, TASK_ID: job.task_id, ACTOR: job.actor,
-                                                ATTEMPT: job.attempt}
-            if queue:
-                attributes[QUEUE] = queue
-            span = self.tracer.start_span(f"run {job.actor}", context=parent, kind=SpanKind.CONSUMER,
-                                          attributes=attributes)
-            self.open[job.task_id] = span
-            token = otel_context.attach(trace.set_span_in_context(span))
+            token = self._open(job)
             try:
                 execute(thread, job)
             finally:
-                otel_context.detach(token)
-                unended = self.open.pop(job.task_id, None)  # its outcome came before the span was opened
-                if unended is not None:
-                    unended.end()
+                self._close(job, token)
 
         return execute_traced
+
+    def around_async(self, execute: ExecuteAsync) -> ExecuteAsync:
+        """The same for the attempts of async actors."""
+
+        async def execute_traced(job: Job) -> None:
+            token = self._open(job)
+            try:
+                await execute(job)
+            finally:
+                self._close(job, token)
+
+        return execute_traced
+
+    def _open(self, job: Job) -> Token[otel_context.Context] | None:
+        """Start the attempt's span and make it current; None when the attempt was finalised before it started
+        (cancelled, timed out): no attempt to trace."""
+        if job.done:
+            return None
+        queue, traceparent = split_trace(job.trace)
+        parent = self.propagator.extract({"traceparent": traceparent}) if traceparent else otel_context.Context()
+        attributes: dict[str, str | int] = {SYSTEM: TRACER_NAME, TASK_ID: job.task_id, ACTOR: job.actor,
+                                            ATTEMPT: job.attempt}
+        if queue:
+            attributes[QUEUE] = queue
+        span = self.tracer.start_span(f"run {job.actor}", context=parent, kind=SpanKind.CONSUMER,
+                                      attributes=attributes)
+        self.open[job.task_id] = span
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    def _close(self, job: Job, token: Token[otel_context.Context] | None) -> None:
+        if token is None:
+            return
+        otel_context.detach(token)
+        unended = self.open.pop(job.task_id, None)  # its outcome came before the span was opened
+        if unended is not None:
+            unended.end()
 
     def ending(self, sink: OutcomeSink) -> OutcomeSink:
         """The executor's outcome sink, ending the attempt's span with the outcome first."""

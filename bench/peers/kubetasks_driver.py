@@ -18,7 +18,7 @@ from kubetasks.worker import db, queue, schedules
 from kubetasks.worker.manifests import ScheduleSpec
 
 DSN = os.environ.get("BENCH_DSN", "")
-ACTOR = "bench.noop"
+ACTOR = os.environ.get("BENCH_KUBETASKS_ACTOR", "bench.noop")  # or bench.noop_async
 
 
 def enqueue(n: int, fail_every: int, batch: int) -> float:

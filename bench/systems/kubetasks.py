@@ -31,13 +31,20 @@ class Kubetasks(System):
     label = "kubetasks"
     python = False  # the system under test, not a peer
     has_workflows = True
-    variants = ("defaults",)  # kubetasks' defaults are its settings for throughput (adaptive prefetch)
+    # kubetasks' defaults are its settings for throughput (adaptive prefetch). "defaults" runs a sync no-op
+    # actor (on the worker's threads, as dramatiq does); "async" an `async def` one (on the worker's event
+    # loop, as graphile-worker, procrastinate and pgqueuer run theirs).
+    variants = ("defaults", "async")
     pending_sql = "SELECT count(*) FROM kubetasks.tasks WHERE state IN ('queued', 'running')"
 
+    def actor(self) -> str:
+        return "bench.noop_async" if self.variant == "async" else "bench.noop"
+
     def settings(self) -> str:
+        kind = "an `async def` actor" if self.variant == "async" else "a sync actor"
         return (f"one `kubetasks worker`, KUBETASKS_WORKER__PROCESSES={self.slots.processes}, "
                 f"KUBETASKS_WORKER__THREADS={self.slots.threads}, other settings default "
-                "(RETRY_BACKOFF_BASE=0.001 for scenario 5)")
+                f"(RETRY_BACKOFF_BASE=0.001 for scenario 5), {kind}")
 
     def missing(self) -> str | None:
         for module in ("kubetasks.worker.db", "kubetasks.worker.queue", "kubetasks.worker.registry"):
@@ -63,6 +70,7 @@ class Kubetasks(System):
         env = super().env(ctx, schedules)
         env["KUBETASKS_DATABASE__URL"] = ctx.dsn
         env["PYTHONPATH"] = str(import_root())
+        env["BENCH_KUBETASKS_ACTOR"] = self.actor()
         # Retry right away, as the peers are configured to (graphile-worker's backoff is fixed).
         env.setdefault("KUBETASKS_WORKER__RETRY_BACKOFF_BASE", "0.001")
         env.setdefault("KUBETASKS_WORKER__METRICS_PORT", "0")

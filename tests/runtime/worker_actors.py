@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -88,3 +89,40 @@ def span(path: str, key: str = "", seconds: float = 0.0, **_: object) -> None:
     _mark(path, f"start {key} {time.time():.6f}")
     time.sleep(seconds)
     _mark(path, f"end {key} {time.time():.6f}")
+
+
+# -- async actors: run on the worker's event loop ----------------------------------------------------------
+@actor(name="t.async_record", max_retries=2)
+async def async_record(path: str, value: str, fail_times: int = 0) -> dict[str, object]:
+    """Logs, prints and marks around an await; fails its first `fail_times` attempts."""
+    ctx = context.current()
+    log.info("async attempt %d of %s", ctx.attempt, value)
+    await asyncio.sleep(0.01)
+    print(f"printed by {value}")
+    _mark(path, value)
+    if ctx.attempt <= fail_times:
+        raise ValueError(f"async boom {ctx.attempt}")
+    return {"value": value, "attempt": ctx.attempt}
+
+
+@actor(name="t.async_span")
+async def async_span(path: str, key: str, seconds: float) -> None:
+    """"start KEY T" and "end KEY T" around an asyncio sleep, printing KEY in between."""
+    _mark(path, f"start {key} {time.time():.6f}")
+    for _ in range(3):
+        print(f"line of {key}")
+        await asyncio.sleep(seconds / 3)
+    _mark(path, f"end {key} {time.time():.6f}")
+
+
+@actor(name="t.async_sleep", time_limit=1)
+async def async_sleep(path: str, seconds: float = 3600) -> None:
+    _mark(path, "start")
+    await asyncio.sleep(seconds)
+    _mark(path, "woke")
+
+
+@actor(name="t.async_warn")
+async def async_warn() -> None:
+    await asyncio.sleep(0)
+    context.current().warning("async disk almost full")
