@@ -207,7 +207,8 @@ class Suite:
 
     def jobs(self, configs: list[System]) -> list[Job]:
         """Every (run, configuration, scenario) in order: the small-queue drains run-major (so slow
-        drifts hit all configurations alike), then the large queue, then the other scenarios."""
+        drifts hit all configurations alike), then one run of the large queue and of each other scenario,
+        then their repeats (so that a tight --budget-minutes drops repeats, not whole scenarios)."""
         keys = runner_keys(self.scenarios)
         primaries = [self.primary[k] for k in dict.fromkeys(c.kind for c in configs)]
         out: list[Job] = []
@@ -217,12 +218,14 @@ class Suite:
                     out.append((run, config, "1"))
                 if "2" in keys:
                     out.append((run, config, "2"))
-        if "2L" in keys:
-            out.extend((run, config, "2L") for run in range(1, self.runs_of("2L") + 1) for config in configs)
-        for key in ("3", "4", "5", "6", "7"):
+        repeats: list[Job] = []
+        for key in ("2L", "3", "4", "5", "6", "7"):
             if key in keys:
-                out.extend((run, config, key) for run in range(1, self.runs_of(key) + 1) for config in primaries)
-        return out
+                runs = [(run, config, key) for run in range(1, self.runs_of(key) + 1)
+                        for config in (configs if key == "2L" else primaries)]
+                out.extend(job for job in runs if job[0] == 1)
+                repeats.extend(job for job in runs if job[0] > 1)
+        return out + repeats
 
     def large_wanted(self, config: System, pending: list[Job]) -> bool | None:
         """Whether a Python peer's large-queue run is wanted: only the best Python configuration at the
