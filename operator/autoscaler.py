@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,8 +55,7 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
             conditions=[status.condition("Ready", "False", "TargetNotFound", f"Deployment {target} does not exist",
                                          now, old.get("conditions") or (), generation)],
             observed_generation=generation).patch()
-        if status.changed(old, new):
-            rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+        if _patch(rt, namespace, name, old, new):
             rt.kube.event(dict(body), "Warning", "TargetNotFound", f"Deployment {target} does not exist")
         return new
     current = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
@@ -70,8 +69,7 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
             conditions=[status.condition("Ready", "False", "InvalidAnnotation", problem, now,
                                          old.get("conditions") or (), generation)],
             observed_generation=generation).patch()
-        if status.changed(old, new):
-            rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+        if _patch(rt, namespace, name, old, new):
             rt.kube.event(dict(body), "Warning", "InvalidAnnotation", problem)
         return new
     with rt.connection() as conn:
@@ -85,7 +83,6 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
     last_scale = _scale(rt, body, target, current, decision.desired, old, now,
                         f"{load.runnable} runnable and {load.running} running tasks, {per} per replica")
     before = old.get("conditions") or ()
-    active = load.runnable + load.running > 0
     new = resources.WorkerPoolStatus(
         desired=decision.desired, current=decision.desired if decision.desired != current else current,
         queued=load.runnable, held=load.held, paused_replicas=None, running=load.running, concurrency=per,
@@ -94,13 +91,11 @@ def step(rt: Runtime, body: Mapping[str, Any], memory: scaling.Recommendations,
             status.condition("Ready", "True", decision.reason,
                              f"{decision.recommended} replica(s) recommended, {decision.floor} busy", now, before,
                              generation),
-            status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
-                             _activity(load, spec), now, before, generation),
+            _active(load, spec, now, before, generation),
         ],
         observed_generation=generation,
     ).patch()
-    if status.changed(old, new):
-        rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+    _patch(rt, namespace, name, old, new)
     return new
 
 
@@ -117,9 +112,22 @@ def _scale(rt: Runtime, body: Mapping[str, Any], target: str, current: int, repl
     return now
 
 
-def _activity(load: scaling.Load, spec: resources.WorkerPoolSpec) -> str:
+def _active(load: scaling.Load, spec: resources.WorkerPoolSpec, now: datetime,
+            before: Sequence[Mapping[str, Any]], generation: int | None) -> dict[str, Any]:
+    """The Active condition: whether the pool's queues have tasks runnable or running, and how many."""
+    active = load.runnable + load.running > 0
     held = f" ({load.held} more held back by queue controls)" if load.held else ""
-    return f"{load.runnable} runnable{held}, {load.running} running on queues " + ", ".join(spec.queues)
+    activity = f"{load.runnable} runnable{held}, {load.running} running on queues " + ", ".join(spec.queues)
+    return status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
+                            activity, now, before, generation)
+
+
+def _patch(rt: Runtime, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any]) -> bool:
+    """Write the WorkerPool's status when it changed; whether it did."""
+    if not status.changed(old, new):
+        return False
+    rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+    return True
 
 
 def _hold(rt: Runtime, body: Mapping[str, Any], old: Mapping[str, Any], now: datetime, current: int, replicas: int,
@@ -131,7 +139,6 @@ def _hold(rt: Runtime, body: Mapping[str, Any], old: Mapping[str, Any], now: dat
     last_scale = _scale(rt, body, target, current, replicas, old, now,
                         f"held by the {resources.PAUSED_REPLICAS_ANNOTATION} annotation")
     before = old.get("conditions") or ()
-    active = load.runnable + load.running > 0
     new = resources.WorkerPoolStatus(
         desired=replicas, current=replicas, queued=load.runnable, held=load.held, paused_replicas=replicas,
         running=load.running, concurrency=per, last_scale_time=last_scale,
@@ -140,11 +147,9 @@ def _hold(rt: Runtime, body: Mapping[str, Any], old: Mapping[str, Any], now: dat
                              f"autoscaling paused at {replicas} replica(s) by the "
                              f"{resources.PAUSED_REPLICAS_ANNOTATION} annotation; remove it to resume", now,
                              before, generation),
-            status.condition("Active", "True" if active else "False", "TasksPending" if active else "Idle",
-                             _activity(load, spec), now, before, generation),
+            _active(load, spec, now, before, generation),
         ],
         observed_generation=generation,
     ).patch()
-    if status.changed(old, new):
-        rt.kube.patch_status(resources.WORKERPOOL, namespace, name, new)
+    _patch(rt, namespace, name, old, new)
     return new

@@ -82,6 +82,17 @@ def _check_arguments(actor: registry.Actor, args: Any, kwargs: dict[str, Any]) -
     _fitting.add(shape)
 
 
+def _callable(job: Job) -> tuple[Callable[..., Any], Any, dict[str, Any]]:
+    """The actor's function and the attempt's arguments, checked; raises the stop reason of an attempt told to
+    stop before it started, and InvalidInput for an unknown actor or arguments that do not fit."""
+    if job.ctx.stopped:
+        raise job.ctx.stop_reason()
+    actor = registry.get(job.actor)
+    args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
+    _check_arguments(actor, args, kwargs)
+    return actor.fn, args, kwargs
+
+
 @dataclass
 class Job:
     task_id: int
@@ -237,12 +248,8 @@ class Executor:
         returned: Any = None
         raised: BaseException | None = None
         try:
-            if job.ctx.stopped:
-                raise job.ctx.stop_reason()
-            actor = registry.get(job.actor)
-            args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
-            _check_arguments(actor, args, kwargs)
-            returned = await actor.fn(*args, **kwargs)
+            fn, args, kwargs = _callable(job)
+            returned = await fn(*args, **kwargs)
         except InvalidInput as exc:
             raised = context.TaskError(str(exc))
         except asyncio.CancelledError:
@@ -270,12 +277,8 @@ class Executor:
         returned: Any = None
         raised: BaseException | None = None
         try:
-            if job.ctx.stopped:
-                raise job.ctx.stop_reason()
-            actor = registry.get(job.actor)
-            args, kwargs = ((), job.args) if isinstance(job.args, dict) else (job.args, {})
-            _check_arguments(actor, args, kwargs)
-            returned = actor.fn(*args, **kwargs)
+            fn, args, kwargs = _callable(job)
+            returned = fn(*args, **kwargs)
             if inspect.iscoroutine(returned):  # an async actor without a loop to run on (no consumer)
                 returned = asyncio.run(returned)
         except InvalidInput as exc:  # unknown actor or wrong arguments: every retry would fail the same way
