@@ -40,10 +40,13 @@ SELECT paused FROM kubetasks.queues WHERE name = %(queue)s FOR UPDATE;
 -- the slots that key has left, among the first %(scan)s runnable tasks; a task whose args lack the key counts
 -- towards the queue's limits only. The spent tokens are written back to the row. The final UPDATE, which marks
 -- the attempts alive, is task_claim's word for word (tests/unit/test_sql_files.py keeps it so).
+-- The bucket is refilled up to the transaction's start, now(), which is what the claimed attempts are stamped
+-- with (attempt_started_at): however long the lock took, no start is stamped before the token it spends.
 WITH control AS MATERIALIZED (
-    SELECT q.name, q.concurrency_limit, q.concurrency_key, q.key_concurrency_limit, q.rate_limit, clock_timestamp() AS at,
+    SELECT q.name, q.concurrency_limit, q.concurrency_key, q.key_concurrency_limit, q.rate_limit,
+           greatest(q.rate_refilled_at, now()) AS at,
            least(q.rate_limit, q.rate_tokens + q.rate_limit / q.rate_period
-                 * greatest(0, extract(epoch FROM clock_timestamp() - q.rate_refilled_at))::float8) AS tokens
+                 * greatest(0, extract(epoch FROM now() - q.rate_refilled_at))::float8) AS tokens
     FROM kubetasks.queues q WHERE q.name = %(queue)s AND NOT q.paused
 ), running AS MATERIALIZED (
     SELECT t.args ->> c.concurrency_key AS key, count(*) AS n
