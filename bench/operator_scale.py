@@ -20,10 +20,12 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,15 +64,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def requests_served(kubectl: str, env: dict[str, str]) -> int:
+def requests_served(kubectl: str, env: dict[str, str]) -> Counter[str]:
+    """Requests served so far for our resources and Events, by "<resource> <verb>[/<subresource>]" (watches
+    left out: a watch is one long request, not load per object)."""
     out = subprocess.run([kubectl, "get", "--raw", "/metrics"], env=env, capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    total = 0
+    served: Counter[str] = Counter()
     for line in out.splitlines():
         if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line and (
                 'group="kubetasks.dev"' in line or 'resource="events"' in line):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            served[f"{labels.get('resource')} {labels.get('verb')}{sub}"] += int(float(line.rsplit(" ", 1)[1]))
+    return served
+
+
+def per_object(served: Counter[str], objects: int) -> dict[str, float]:
+    return {key: round(count / max(1, objects), 2) for key, count in sorted(served.items()) if count}
 
 
 def listed(custom: client.CustomObjectsApi, plural: str) -> Iterator[dict[str, Any]]:
@@ -132,6 +142,7 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
         if code:
             op_env["PYTHONPATH"] = code
         log = work / f"operator-{label}.log"
+        at_start = requests_served(kubectl, env)
         proc = start_operator(op_env, log, work)
         began = time.monotonic()
 
@@ -165,8 +176,10 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
         first_total = time.monotonic() - began
         time.sleep(5)  # let the last patches and Events land before the window
         before = requests_served(kubectl, env)
+        first_served = before - at_start  # the bench's own creates and LISTs included
         time.sleep(args.window)
-        per_second = (requests_served(kubectl, env) - before - 1) / args.window  # minus our own scrape
+        steady = requests_served(kubectl, env) - before
+        per_second = (steady.total() - 1) / args.window  # minus our own scrape
         steady_rss = rss_mb(proc.pid)
         stop(proc)
 
@@ -174,6 +187,7 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
             conn.execute("UPDATE kubetasks.tasks SET state = 'successful', reason = 'Succeeded', "
                          "finished_at = now(), updated_at = now() WHERE object_ref IS NOT NULL")
             conn.execute("UPDATE kubetasks.schedules SET next_run = %s", (NEXT_TICK,))
+        before_restart = requests_served(kubectl, env)
         proc = start_operator(op_env, log, work)
         began = time.monotonic()
 
@@ -186,11 +200,15 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
 
         restart = wait_until(caught_up, "reconcile after restart", args.timeout)
         restart_rss = rss_mb(proc.pid)
+        restart_served = requests_served(kubectl, env) - before_restart
         stop(proc)
     return {"label": label, "schedules": args.schedules, "taskruns": args.taskruns, "create_s": round(created, 1),
             "first_reconcile_s": round(first_total, 1), "first_wait_s": round(first, 1),
             "steady_requests_per_s": round(per_second, 2), "steady_rss_mb": round(steady_rss, 1),
-            "restart_reconcile_s": round(restart, 1), "restart_rss_mb": round(restart_rss, 1)}
+            "restart_reconcile_s": round(restart, 1), "restart_rss_mb": round(restart_rss, 1),
+            "first_requests_per_object": per_object(first_served, args.schedules + args.taskruns),
+            "steady_requests_per_s_by_verb": per_object(steady, int(args.window)),
+            "restart_requests_per_object": per_object(restart_served, args.schedules + args.taskruns)}
 
 
 def main() -> None:
