@@ -25,6 +25,7 @@ from kubetasks.worker.settings import Settings
 
 from . import config
 from .kube import Kube
+from .views import Views
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Runtime:
     locks: StripedLocks = field(default_factory=StripedLocks)
     wakeups: Wakeups = field(default_factory=Wakeups)
     workflows: LiveWorkflows = field(default_factory=LiveWorkflows)
+    views: Views = field(default_factory=Views)
     threads: list[Any] = field(default_factory=list)
 
     @classmethod

@@ -31,11 +31,20 @@ def _now() -> datetime:
 def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     """Store the Schedule's row (or refuse the spec), act on a new trigger value, then sync its status."""
     namespace, name, _ = resources.identity(body)
-    generation = body["metadata"].get("generation")
-    with rt.locks.hold("schedules", namespace, name), rt.connection() as conn:
+    with rt.locks.hold("schedules", namespace, name):
         fresh = rt.kube.get(resources.SCHEDULE, namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
+        if _store(rt, body, fresh):
+            # Still under the lock, so `fresh` is what the API server holds: no second read.
+            sync(rt, namespace, name, body=fresh, generation=body["metadata"].get("generation"))
+
+
+def _store(rt: Runtime, body: Mapping[str, Any], fresh: dict[str, Any]) -> bool:
+    """Store the spec as the row, or refuse it (False); act on new trigger and backfill annotation values."""
+    namespace, name, _ = resources.identity(body)
+    generation = body["metadata"].get("generation")
+    with rt.connection() as conn:
         old = fresh.get("status") or {}
         try:
             row = store.apply_schedule(conn, namespace, name, dict(body.get("spec") or {}),
@@ -48,15 +57,11 @@ def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
             rt.kube.patch_status(resources.SCHEDULE, namespace, name, new)
             if status.condition_changed(old, new, status.READY):
                 rt.kube.event(fresh, "Warning", reason, str(exc))
-            return
-        if row["action"] != "unchanged" or old.get("observedGeneration") != generation:
-            if row["action"] != "unchanged":
-                when = resources.rfc3339(row["next_run"]) if row.get("next_run") else "never"
-                next_run = "suspended" if row.get("paused") else f"next run {when}"
-                rt.kube.event(fresh, "Normal", "Scheduled", f"Schedule {row['action']}; {next_run}")
-            stored = resources.ScheduleStatus(observed_generation=generation).patch()
-            rt.kube.patch_status(resources.SCHEDULE, namespace, name, stored)
-            fresh.setdefault("status", {})["observedGeneration"] = generation
+            return False
+        if row["action"] != "unchanged":  # observedGeneration goes with the status `sync` writes next
+            when = resources.rfc3339(row["next_run"]) if row.get("next_run") else "never"
+            next_run = "suspended" if row.get("paused") else f"next run {when}"
+            rt.kube.event(fresh, "Normal", "Scheduled", f"Schedule {row['action']}; {next_run}")
         value = ((body["metadata"].get("annotations") or {}).get(resources.TRIGGER_ANNOTATION) or "").strip()
         if value and value != old.get("lastTrigger"):
             task, fired = store.trigger_once(conn, namespace, name, value, settings=rt.settings)
@@ -68,7 +73,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         wanted = ((body["metadata"].get("annotations") or {}).get(resources.BACKFILL_ANNOTATION) or "").strip()
         if wanted and wanted != old.get("lastBackfill"):
             _backfill(rt, conn, fresh, wanted)
-    sync(rt, namespace, name)
+    return True
 
 
 def _backfill(rt: Runtime, conn: Any, schedule: dict[str, Any], value: str) -> None:
@@ -95,11 +100,17 @@ def forget(rt: Runtime, body: Mapping[str, Any]) -> None:
         store.delete_schedule(conn, namespace, name)
 
 
-def sync(rt: Runtime, namespace: str, name: str) -> None:
+def sync(rt: Runtime, namespace: str, name: str, *, body: dict[str, Any] | None = None,
+         generation: int | None = None, listed: list[dict[str, Any]] | None = None) -> None:
     """Make the Schedule's TaskRuns match its runs (create missing, prune past the history limits),
-    refresh their statuses, and write the Schedule's status. A refused Schedule (no row) is left as is."""
+    refresh their statuses, and write the Schedule's status. A refused Schedule (no row) is left as is.
+
+    `body` is the Schedule just read under its lock (else its view, else a GET), `generation` is written as
+    its observedGeneration, `listed` are its TaskRuns just listed (else their views, else a LIST)."""
     with rt.locks.hold("schedules", namespace, name):
-        body = rt.kube.get(resources.SCHEDULE, namespace, name)
+        if body is None:
+            body = rt.views.get(resources.SCHEDULE, namespace, name) or rt.kube.get(resources.SCHEDULE, namespace,
+                                                                                     name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         spec = body.get("spec") or {}
@@ -108,10 +119,11 @@ def sync(rt: Runtime, namespace: str, name: str) -> None:
                                        int(spec.get("failedRunsHistoryLimit", 1)))
         if runs.row is None:
             return
-        _sync_children(rt, body, runs.kept)
+        _sync_children(rt, body, runs.kept, listed)
         old = body.get("status") or {}
         view = _view(name, runs)
-        new = status.schedule_status(view, _now(), old, generation=old.get("observedGeneration"))
+        new = status.schedule_status(view, _now(), old, generation=generation if generation is not None
+                                     else old.get("observedGeneration"))
         if status.changed(old, new):
             rt.kube.patch_status(resources.SCHEDULE, namespace, name, new)
         if view.paused_reason and status.condition_changed(old, new, status.SUSPENDED):
@@ -132,11 +144,15 @@ def _view(name: str, runs: store.ScheduleRuns) -> status.ScheduleView:
         paused_reason=row.get("paused_reason") if row.get("paused") else None)
 
 
-def _sync_children(rt: Runtime, schedule: dict[str, Any], kept: Iterable[dict[str, Any]]) -> None:
+def _sync_children(rt: Runtime, schedule: dict[str, Any], kept: Iterable[dict[str, Any]],
+                   taskruns_of: list[dict[str, Any]] | None) -> None:
     namespace, name, _ = resources.identity(schedule)
     rows = {row["id"]: row for row in kept}
-    existing = {tr["metadata"]["name"]: tr for tr in
-                rt.kube.list_objects(resources.TASKRUN, namespace, f"{resources.SCHEDULE_LABEL}={name}")}
+    if taskruns_of is None:
+        taskruns_of = rt.views.children(namespace, name)
+    if taskruns_of is None:
+        taskruns_of = rt.kube.list_objects(resources.TASKRUN, namespace, f"{resources.SCHEDULE_LABEL}={name}")
+    existing = {tr["metadata"]["name"]: tr for tr in taskruns_of}
     labels = {tr_name: _task_label(tr) for tr_name, tr in existing.items()}
     plan = children.plan(labels, rows, name)
     for task_id in plan.create:

@@ -7,7 +7,9 @@ operator-managed row in one query and syncs only the Schedules whose row differs
 row was just synced by the Kopf handler that stored it), so an idle cluster costs the API server nothing
 however many Schedules it holds. As a safety net for changes made behind the operator's back (a TaskRun
 deleted by hand), every pass also syncs the next slice of all Schedules in turn, sized so each is synced
-once per `schedule_full_resync_interval`.
+once per `schedule_full_resync_interval`, with one LIST of TaskRuns per namespace (and per RESYNC_CHUNK
+Schedules) rather than one per Schedule. The Schedules themselves, and the TaskRuns of those whose row
+changed, come from the watch (`views`): an idle pass costs at most a few LISTs.
 
 Start-up needs no pass of its own: Kopf's resume handlers reconcile every Schedule then; the first pass only
 records what the rows hold.
@@ -15,14 +17,17 @@ records what the rows hold.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
+from typing import Any
 
-from . import schedules, store
+from . import resources, schedules, store
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+RESYNC_CHUNK = 50  # Schedules per LIST of the safety net (a label selector "schedule in (...)" of ~3 KB)
 
 
 class ScheduleSweep(threading.Thread):
@@ -55,16 +60,40 @@ class ScheduleSweep(threading.Thread):
         if seen is None:
             return []
         # A name new since the last pass was just stored by a Kopf handler, which synced it then.
-        due = [name for name, mark in marks.items() if name in seen and seen[name] != mark]
-        due += self._slice(sorted(marks), set(due))
-        for key in due:
-            namespace, _, name = key.partition("/")
+        changed = [name for name, mark in marks.items() if name in seen and seen[name] != mark]
+        for key in changed:  # from what the watch last showed of them (see `views`)
+            self._sync(key)
+        picked = self._slice(sorted(marks), set(changed))
+        for namespace, names in itertools.groupby(picked, key=lambda key: key.partition("/")[0]):
+            self._resync(namespace, [key.partition("/")[2] for key in names])
+        return changed + picked
+
+    def _sync(self, key: str, listed: list[dict[str, Any]] | None = None) -> None:
+        namespace, _, name = key.partition("/")
+        try:
+            schedules.sync(self.rt, namespace, name, listed=listed)
+            self.synced += 1
+        except Exception:
+            log.exception("could not sync Schedule %s", key)
+
+    def _resync(self, namespace: str, names: list[str]) -> None:
+        """The safety net reads the API server itself, not the views (an object deleted while the watch was
+        down may linger there): one LIST of TaskRuns per RESYNC_CHUNK Schedules of a namespace."""
+        for first in range(0, len(names), RESYNC_CHUNK):
+            chunk = names[first:first + RESYNC_CHUNK]
+            selector = f"{resources.SCHEDULE_LABEL} in ({','.join(chunk)})"
             try:
-                schedules.sync(self.rt, namespace, name)
-                self.synced += 1
+                listed = self.rt.kube.list_objects(resources.TASKRUN, namespace, selector)
             except Exception:
-                log.exception("could not sync Schedule %s", key)
-        return due
+                log.exception("could not list the TaskRuns of %d Schedules in %s", len(chunk), namespace)
+                continue
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chunk}
+            for taskrun in listed:
+                label = ((taskrun.get("metadata") or {}).get("labels") or {}).get(resources.SCHEDULE_LABEL)
+                if label in runs:
+                    runs[label].append(taskrun)
+            for name in chunk:
+                self._sync(f"{namespace}/{name}", runs[name])
 
     def _slice(self, names: list[str], taken: set[str]) -> list[str]:
         if not names:

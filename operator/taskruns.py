@@ -38,6 +38,13 @@ def sync_task(rt: Runtime, row: dict[str, Any], *, create_missing: bool | None =
     target = store.target_of(row)
     if target is None:
         return
+    seen = rt.views.get(resources.TASKRUN, target.namespace, target.name)
+    if seen is not None:  # no request when the watched TaskRun already shows the row
+        if target.uid and seen["metadata"].get("uid") != target.uid:
+            return  # a newer TaskRun of the same name; the row belonged to a deleted one
+        if not _differs(seen, row):
+            rt.workflows.note(row)
+            return
     with rt.locks.hold("taskruns", target.namespace, target.name):
         body = rt.kube.get(resources.TASKRUN, target.namespace, target.name)
         if body is None:
@@ -62,6 +69,11 @@ def _create_child(rt: Runtime, target: store.Target, row: dict[str, Any]) -> dic
     if created:
         log.info("created TaskRun %s/%s for task %s", target.namespace, target.name, row["id"])
     return made
+
+
+def _differs(body: Mapping[str, Any], row: dict[str, Any]) -> bool:
+    old = body.get("status") or {}
+    return status.changed(old, status.taskrun_status(status.TaskView.from_row(row), _now(), old))
 
 
 def write_status(rt: Runtime, body: dict[str, Any], row: dict[str, Any]) -> None:

@@ -17,7 +17,18 @@ from typing import Any
 import pytest
 from waiting import wait_for
 
-from kubetasks.operator import autoscaler, config, listener, resources, scaling, schedules, store, sweep, taskruns
+from kubetasks.operator import (
+    autoscaler,
+    config,
+    listener,
+    resources,
+    scaling,
+    schedules,
+    store,
+    sweep,
+    taskruns,
+    views,
+)
 from kubetasks.operator.runtime import Runtime
 from kubetasks.worker import context, controls, db, queue, workflows
 from kubetasks.worker.registry import actor
@@ -37,6 +48,8 @@ class FakeKube:
         self.events: list[tuple[str, str, str]] = []  # (object name, type, reason)
         self.scales: dict[tuple[str, str], int] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lists: list[str] = []  # label selectors of the LISTs made
+        self.gets: list[str] = []  # "<plural>/<namespace>/<name>" of the GETs made
         self._rv = itertools.count(1)
 
     def put(self, kind: resources.Kind, body: dict[str, Any]) -> dict[str, Any]:
@@ -50,19 +63,27 @@ class FakeKube:
         return body
 
     def get(self, kind: resources.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        self.gets.append(f"{kind.plural}/{namespace}/{name}")
         found = self.objects.get((kind.plural, namespace, name))
         return copy.deepcopy(found) if found else None
 
     def list_objects(self, kind: resources.Kind, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        key, _, value = label_selector.partition("=")
+        """One `key=value` or `key in (a,b)` requirement, the two forms the operator sends."""
+        self.lists.append(label_selector)
+        if " in (" in label_selector:
+            key, _, values = label_selector.partition(" in (")
+            wanted = set(values.rstrip(")").split(","))
+        else:
+            key, _, value = label_selector.partition("=")
+            wanted = {value}
         return [copy.deepcopy(o) for (plural, ns, _), o in sorted(self.objects.items())
                 if plural == kind.plural and ns == namespace
-                and (not key or (o["metadata"].get("labels") or {}).get(key) == value)]
+                and (not key or (o["metadata"].get("labels") or {}).get(key) in wanted)]
 
     def create(self, kind: resources.Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        existing = self.get(kind, namespace, body["metadata"]["name"])
-        if existing is not None:
-            return existing, False
+        existing = self.objects.get((kind.plural, namespace, body["metadata"]["name"]))
+        if existing is not None:  # the API server's 409, then Kube.create's read
+            return copy.deepcopy(existing), False
         return copy.deepcopy(self.put(kind, copy.deepcopy(body))), True
 
     def delete(self, kind: resources.Kind, namespace: str, name: str) -> bool:
@@ -165,6 +186,47 @@ def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.
     assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [f"nightly-{runs[2].id}"]
 
 
+def watched(kube: FakeKube) -> tuple[dict[Any, list[Any]], dict[Any, list[Any]]]:
+    """The indexes Kopf's watch would hold now (`handlers.schedule_views`, `handlers.taskrun_views`)."""
+    found: dict[str, dict[Any, list[Any]]] = {"schedules": {}, "taskruns": {}}
+    for (plural, _, _), body in kube.objects.items():
+        for key, view in views.index_keys(copy.deepcopy(body)).items():
+            found[plural].setdefault(key, []).append(view)
+    return found["schedules"], found["taskruns"]
+
+
+def test_with_views_nothing_unchanged_is_read_and_a_change_is_written_from_a_fresh_read(
+        rt: Runtime, conn: db.Conn, settings: Settings) -> None:
+    kube = fake(rt)
+    schedules.reconcile(rt, kube.put(resources.SCHEDULE, {"metadata": {"name": "nightly"}, "spec": {
+        "actor": "optest.mirror", "schedule": "@daily"}}))
+    first = queue.enqueue(conn, "optest.mirror", schedule_name="ns/nightly", settings=settings)
+    rt.views.attach(*watched(kube))  # attached before any handler ran: not used yet
+    schedules.sync(rt, "ns", "nightly")
+    assert kube.lists == [f"{resources.SCHEDULE_LABEL}=nightly"] * 2  # reconcile's sync, this one
+    rt.views.attach(*watched(kube))  # the watch has caught up with the TaskRun created
+    rt.views.mark_ready()
+    kube.gets.clear()
+    kube.lists.clear()
+
+    schedules.sync(rt, "ns", "nightly")
+    taskruns.sync_task(rt, store.task_views(conn, [first.id])[0])
+    assert (kube.gets, kube.lists) == ([], [])
+
+    finish(conn, first.id)
+    taskruns.sync_task(rt, store.task_views(conn, [first.id])[0])
+    assert kube.gets == [f"taskruns/ns/nightly-{first.id}"]
+    assert kube.objects[("taskruns", "ns", f"nightly-{first.id}")]["status"]["state"] == "successful"
+
+    # A view that lags (the next run's TaskRun created, not yet watched) costs a 409, never a second TaskRun.
+    second = queue.enqueue(conn, "optest.mirror", schedule_name="ns/nightly", settings=settings)
+    taskruns.sync_task(rt, store.task_views(conn, [second.id])[0])
+    schedules.sync(rt, "ns", "nightly")
+    assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [
+        f"nightly-{first.id}", f"nightly-{second.id}"]
+    assert kube.lists == []
+
+
 def test_the_sweep_syncs_schedules_whose_row_changed_and_each_one_in_turn(
         rt: Runtime, conn: db.Conn, monkeypatch: pytest.MonkeyPatch) -> None:
     kube = fake(rt)
@@ -177,16 +239,17 @@ def test_the_sweep_syncs_schedules_whose_row_changed_and_each_one_in_turn(
     synced: list[str] = []
     real_sync = schedules.sync
 
-    def sync(runtime: Runtime, namespace: str, name: str) -> None:
+    def sync(runtime: Runtime, namespace: str, name: str, **given: Any) -> None:
         synced.append(name)
         if name == "s05":
             raise RuntimeError("the API server refused")  # one failure does not stop the pass
-        real_sync(runtime, namespace, name)
+        real_sync(runtime, namespace, name, **given)
 
     monkeypatch.setattr(sweep.schedules, "sync", sync)
     passes = sweep.ScheduleSweep(rt)
     assert passes.sweep() == []  # the first look only records the rows (Kopf's resume synced them all)
     assert passes.sweep() == ["ns/s00", "ns/s01", "ns/s02"]
+    assert kube.lists[-1:] == [f"{resources.SCHEDULE_LABEL} in (s00,s01,s02)"]  # one LIST for the slice
     conn.execute("UPDATE kubetasks.schedules SET next_run = '2031-01-01T03:00:00Z' WHERE name = 'ns/s20'")
     assert passes.sweep() == ["ns/s20", "ns/s03", "ns/s04", "ns/s05"]
     assert kube.objects[("schedules", "ns", "s20")]["status"]["nextScheduleTime"] == "2031-01-01T03:00:00Z"
