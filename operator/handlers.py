@@ -35,25 +35,11 @@ CONSISTENCY_TIMEOUT = 60.0
 
 def _rt(memo: Any) -> Runtime:
     rt: Runtime = memo["runtime"]
-    rt.views.mark_ready()  # Kopf runs handlers only once its indexes hold the first listing
     return rt
 
 
-# -- Views: the watched objects, trimmed, for reads that need no request (see `views`) ----------------------
-
-
-@kopf.index(*_SCHEDULES)
-async def schedule_views(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return views.index_keys(body)
-
-
-@kopf.index(*_TASKRUNS)
-async def taskrun_views(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return views.index_keys(body)
-
-
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress",
                                                                       touch_field="status.kopf.dummy")
@@ -66,8 +52,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> 
     # handlings for 3,000 new objects).
     settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     rt = Runtime.create(Settings(), config.OperatorSettings())
-    rt.views.attach(kwargs["schedule_views"], kwargs["taskrun_views"])  # Kopf's indexes, filled later
     memo["runtime"] = rt
+    if settings.peering.clusterwide:  # views of chosen namespaces would need a watch per namespace
+        for kind in (resources.SCHEDULE, resources.TASKRUN):
+            rt.start_thread(views.ViewWatch(rt.kube, rt.views, kind))
     rt.start_thread(listener.Listener(rt))
     rt.start_thread(sweep.ScheduleSweep(rt))  # Schedules whose row changed; no per-Schedule timer
     if rt.operator.run_scheduler:

@@ -10,20 +10,28 @@ handler threads or the listener thread, never on the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from . import resources
 
 log = logging.getLogger(__name__)
 COMPONENT = "kubetasks-operator"
+LIST_PAGE = 500  # objects per page of a cluster-wide LIST (the API server's default chunking size)
+
+
+class WatchExpired(Exception):
+    """The resourceVersion a watch started from is compacted away (410 Gone): list again."""
 
 
 class Kube:
@@ -57,6 +65,42 @@ class Kube:
         found = self.custom.list_namespaced_custom_object(
             resources.GROUP, resources.VERSION, namespace, kind.plural, label_selector=label_selector)
         return cast(list[dict[str, Any]], cast(dict[str, Any], found).get("items", []))
+
+    def list_everywhere(self, kind: resources.Kind, each: Callable[[dict[str, Any]], None]) -> str:
+        """Hand every object of `kind` in the cluster to `each`, a page at a time (not all bodies at once);
+        returns the listing's resourceVersion, to watch from."""
+        token = None
+        while True:
+            page = cast(dict[str, Any], self.custom.list_cluster_custom_object(
+                resources.GROUP, resources.VERSION, kind.plural, limit=LIST_PAGE, _continue=token))
+            for item in page.get("items") or ():
+                each(item)
+            token = page["metadata"].get("continue")
+            if not token:
+                return str(page["metadata"]["resourceVersion"])
+
+    def watch_everywhere(self, kind: resources.Kind, resource_version: str, timeout_seconds: int,
+                         opened: Callable[[Any], None]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(type, object) of every change to `kind` after `resource_version`, bookmarks included, until the
+        server ends the watch after `timeout_seconds`. `opened` gets the response, so another thread can end it
+        with `shutdown()`. Raises WatchExpired when the version is too old to watch from (list again)."""
+        response: Any = self.custom.list_cluster_custom_object(
+            resources.GROUP, resources.VERSION, kind.plural, watch=True, resource_version=resource_version,
+            allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False)
+        opened(response)
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                if not line:
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    code = (event.get("object") or {}).get("code")
+                    if code == 410:
+                        raise WatchExpired(resource_version)
+                    raise ApiException(status=code, reason=(event.get("object") or {}).get("message"))
+                yield event["type"], event["object"]
+        finally:
+            response.release_conn()
 
     def create(self, kind: resources.Kind, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(object, created); an object already there by that name is returned as is."""

@@ -186,13 +186,11 @@ def test_schedule_children_follow_runs_and_history_limits(rt: Runtime, conn: db.
     assert sorted(n for (p, _, n) in kube.objects if p == "taskruns") == [f"nightly-{runs[2].id}"]
 
 
-def watched(kube: FakeKube) -> tuple[dict[Any, list[Any]], dict[Any, list[Any]]]:
-    """The indexes Kopf's watch would hold now (`handlers.schedule_views`, `handlers.taskrun_views`)."""
-    found: dict[str, dict[Any, list[Any]]] = {"schedules": {}, "taskruns": {}}
-    for (plural, _, _), body in kube.objects.items():
-        for key, view in views.index_keys(copy.deepcopy(body)).items():
-            found[plural].setdefault(key, []).append(view)
-    return found["schedules"], found["taskruns"]
+def watched(rt: Runtime, kube: FakeKube) -> None:
+    """The views as `views.ViewWatch` would hold them now: a fresh listing of both kinds."""
+    for kind in (resources.SCHEDULE, resources.TASKRUN):
+        rt.views.replace(kind, [views.trimmed(copy.deepcopy(body)) for (plural, _, _), body in kube.objects.items()
+                                if plural == kind.plural])
 
 
 def test_with_views_nothing_unchanged_is_read_and_a_change_is_written_from_a_fresh_read(
@@ -201,11 +199,9 @@ def test_with_views_nothing_unchanged_is_read_and_a_change_is_written_from_a_fre
     schedules.reconcile(rt, kube.put(resources.SCHEDULE, {"metadata": {"name": "nightly"}, "spec": {
         "actor": "optest.mirror", "schedule": "@daily"}}))
     first = queue.enqueue(conn, "optest.mirror", schedule_name="ns/nightly", settings=settings)
-    rt.views.attach(*watched(kube))  # attached before any handler ran: not used yet
-    schedules.sync(rt, "ns", "nightly")
+    schedules.sync(rt, "ns", "nightly")  # no listing in yet: the API server is read
     assert kube.lists == [f"{resources.SCHEDULE_LABEL}=nightly"] * 2  # reconcile's sync, this one
-    rt.views.attach(*watched(kube))  # the watch has caught up with the TaskRun created
-    rt.views.mark_ready()
+    watched(rt, kube)  # the watch has caught up with the TaskRun created
     kube.gets.clear()
     kube.lists.clear()
 
