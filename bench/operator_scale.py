@@ -106,18 +106,20 @@ class Watched(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        version = self._list()
         while not self.stopping.is_set():
-            version = self._list()
-            try:
+            try:  # each watch ends after 60 s and the next resumes from the last version seen
                 for event in watch.Watch().stream(self.custom.list_cluster_custom_object, GROUP, VERSION,
                                                   self.plural, resource_version=version, timeout_seconds=60,
                                                   allow_watch_bookmarks=True):
                     if self.stopping.is_set():
                         return
+                    version = event["object"]["metadata"].get("resourceVersion") or version
                     self._apply(event)
             except ApiException as exc:
                 if exc.status != 410:  # 410: the version expired; list again
                     raise
+                version = self._list()
 
     def _list(self) -> str:
         seen: dict[tuple[str, str], Digest] = {}
