@@ -11,6 +11,10 @@ once per `schedule_full_resync_interval`, with one LIST of TaskRuns per namespac
 Schedules) rather than one per Schedule. The Schedules themselves, and the TaskRuns of those whose row
 changed, come from the watch (`views`): an idle pass costs at most a few LISTs.
 
+Each pass also reconciles TaskRuns that the watch shows with neither a task nor a refusal long after their
+creation (UNHANDLED_AFTER): Kopf leaves an object whose patch met a newer version (422) until its next event,
+and a TaskRun that nobody changes has none (14 of 20,000 created at once were left so).
+
 Start-up needs no pass of its own: Kopf's resume handlers reconcile every Schedule then; the first pass only
 records what the rows hold.
 """
@@ -21,12 +25,15 @@ import itertools
 import logging
 import math
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import resources, schedules, store
+from . import resources, schedules, store, taskruns
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+UNHANDLED_AFTER = timedelta(minutes=2)  # a TaskRun still without a task then was missed, not just queued in Kopf
+UNHANDLED_PER_PASS = 50
 RESYNC_CHUNK = 50  # Schedules per LIST of the safety net (a label selector "schedule in (...)" of ~3 KB)
 
 
@@ -47,10 +54,33 @@ class ScheduleSweep(threading.Thread):
         while True:
             try:
                 self.sweep()
+                self.unhandled()
             except Exception:  # the database or the API server is away: the next pass catches up
                 log.exception("schedule sweep failed")
             if self.stopping.wait(interval):
                 return
+
+    def unhandled(self, now: datetime | None = None) -> list[str]:
+        """Reconcile TaskRuns the watch shows with no task and no refusal UNHANDLED_AFTER after creation;
+        returns their "<namespace>/<name>"."""
+        cutoff = resources.rfc3339((now or datetime.now(UTC)) - UNHANDLED_AFTER)
+        missed = [view for view in self.rt.views.every(resources.TASKRUN)
+                  if not (view.get("status") or {}).get("taskId")
+                  and not (view.get("status") or {}).get("conditions")
+                  and not view["metadata"].get("deletionTimestamp")
+                  and (view["metadata"].get("creationTimestamp") or cutoff) < cutoff]
+        done = []
+        for view in missed[:UNHANDLED_PER_PASS]:
+            namespace, name, uid = resources.identity(view)
+            try:
+                body = self.rt.kube.get(resources.TASKRUN, namespace, name)  # with its spec, as Kopf would hand it
+                if body is not None and body["metadata"].get("uid") == uid:
+                    log.warning("TaskRun %s/%s was not handled since its creation; reconciling it", namespace, name)
+                    taskruns.reconcile(self.rt, body)
+                    done.append(f"{namespace}/{name}")
+            except Exception:
+                log.exception("could not reconcile TaskRun %s/%s", namespace, name)
+        return done
 
     def sweep(self) -> list[str]:
         """One pass; returns the names ("<namespace>/<name>") synced."""

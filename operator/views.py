@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 300  # the server ends a watch after this; it resumes from the last version seen
 RETRY_SECONDS = 5.0
 _KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "labels", "ownerReferences",
-                  "deletionTimestamp", "finalizers")
+                  "creationTimestamp", "deletionTimestamp", "finalizers")
 Key = tuple[str, str]  # namespace, name
 
 
@@ -78,6 +78,11 @@ class Views:
         with self._lock:
             found = self._objects.get(kind.kind)
             return found.get((namespace, name)) if found is not None else None
+
+    def every(self, kind: resources.Kind) -> list[dict[str, Any]]:
+        """Every watched object of `kind` (none when its views are not ready)."""
+        with self._lock:
+            return list((self._objects.get(kind.kind) or {}).values())
 
     def children(self, namespace: str, schedule: str) -> list[dict[str, Any]] | None:
         """The TaskRuns labelled as `schedule`'s runs, or None when the TaskRun views are not ready."""

@@ -11,7 +11,7 @@ import copy
 import itertools
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -380,3 +380,25 @@ def test_autoscaling_leaves_out_held_tasks_and_holds_paused_replicas(rt: Runtime
     assert kube.scales[("ns", "workers")] == 10 and status["desired"] == 10  # 20 runnable, 2 per replica
     assert status["pausedReplicas"] is None  # deleted from the stored status by the merge patch
     assert "pausedReplicas" not in kube.objects[("workerpools", "ns", "pool")]["status"]
+
+
+def test_the_sweep_reconciles_a_taskrun_kopf_never_handled_and_leaves_newer_ones_to_kopf(
+        rt: Runtime, conn: db.Conn) -> None:
+    kube = fake(rt)
+    long_ago = resources.rfc3339(datetime.now(UTC) - sweep.UNHANDLED_AFTER - timedelta(seconds=5))
+    for name, created in (("missed", long_ago), ("new", resources.rfc3339(datetime.now(UTC)))):
+        kube.put(resources.TASKRUN, {"metadata": {"name": name, "creationTimestamp": created},
+                                     "spec": {"actor": "optest.mirror", "args": {"n": 1}}})
+    refused = kube.put(resources.TASKRUN, {"metadata": {"name": "refused", "creationTimestamp": long_ago},
+                                           "spec": {"actor": "optest.mirror", "args": "not an object"}})
+    taskruns.reconcile(rt, refused)  # Kopf handled it: refused, a condition and no task
+    watched(rt, kube)
+
+    assert sweep.ScheduleSweep(rt).unhandled() == ["ns/missed"]
+    status = kube.objects[("taskruns", "ns", "missed")]["status"]
+    assert status["state"] == "queued" and status["taskId"]
+    assert store.find_task(conn, store.taskrun_ref("ns", "missed", kube.objects[
+        ("taskruns", "ns", "missed")]["metadata"]["uid"])) is not None
+    assert "status" not in kube.objects[("taskruns", "ns", "new")]
+    watched(rt, kube)
+    assert sweep.ScheduleSweep(rt).unhandled() == []  # handled now: nothing more to do
