@@ -28,7 +28,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import resources, schedules, store, taskruns
+from . import resources, schedules, store, taskruns, views
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ScheduleSweep(threading.Thread):
                 continue
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chunk}
             for taskrun in listed:
-                label = ((taskrun.get("metadata") or {}).get("labels") or {}).get(resources.SCHEDULE_LABEL)
+                label = views.schedule_of(taskrun)
                 if label in runs:
                     runs[label].append(taskrun)
             for name in chunk:

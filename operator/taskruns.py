@@ -71,17 +71,21 @@ def _create_child(rt: Runtime, target: store.Target, row: dict[str, Any]) -> dic
     return made
 
 
+def _wanted(body: Mapping[str, Any], row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the TaskRun's status now, the status its row calls for)."""
+    old = dict(body.get("status") or {})
+    return old, status.taskrun_status(status.TaskView.from_row(row), _now(), old,
+                                      generation=body["metadata"].get("generation"))
+
+
 def _differs(body: Mapping[str, Any], row: dict[str, Any]) -> bool:
-    old = body.get("status") or {}
-    return status.changed(old, status.taskrun_status(status.TaskView.from_row(row), _now(), old))
+    return status.changed(*_wanted(body, row))
 
 
 def write_status(rt: Runtime, body: dict[str, Any], row: dict[str, Any]) -> None:
     """Patch the TaskRun's status from its row when it differs; post an Event on a transition."""
     namespace, name, _ = resources.identity(body)
-    old = body.get("status") or {}
-    new = status.taskrun_status(status.TaskView.from_row(row), _now(), old,
-                                generation=body["metadata"].get("generation"))
+    old, new = _wanted(body, row)
     # A running workflow moves on without touching this row: the listener re-reads its progress.
     rt.workflows.note(row)
     if not status.changed(old, new):

@@ -57,7 +57,8 @@ def _key(body: Mapping[str, Any]) -> Key:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-def _schedule_of(view: Mapping[str, Any]) -> str | None:
+def schedule_of(view: Mapping[str, Any]) -> str | None:
+    """The Schedule a TaskRun is labelled as a run of, if any."""
     label: str | None = ((view.get("metadata") or {}).get("labels") or {}).get(resources.SCHEDULE_LABEL)
     return label
 
@@ -110,14 +111,14 @@ class Views:
                 return
             old = objects.pop(key, None) if type_ == "DELETED" else objects.get(key)
             if kind is resources.TASKRUN and old is not None:
-                self._children.get((key[0], _schedule_of(old) or ""), {}).pop(key[1], None)
+                self._children.get((key[0], schedule_of(old) or ""), {}).pop(key[1], None)
             if type_ != "DELETED":
                 objects[key] = view
                 if kind is resources.TASKRUN:
                     self._link(key, view)
 
     def _link(self, key: Key, view: dict[str, Any]) -> None:
-        schedule = _schedule_of(view)
+        schedule = schedule_of(view)
         if schedule:
             self._children.setdefault((key[0], schedule), {})[key[1]] = view
 
