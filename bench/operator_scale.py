@@ -24,21 +24,22 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "apiserver"))
 from controlplane import ControlPlane, kubectl_binary  # noqa: E402
 
+from kubetasks.operator import resources  # noqa: E402
+from kubetasks.operator.kube import Kube  # noqa: E402
+from kubetasks.operator.views import Views, ViewWatch  # noqa: E402
 from kubetasks.worker import db  # noqa: E402
 from kubetasks.worker.pgserver import LocalPostgres, find_bindir  # noqa: E402
 
@@ -86,66 +87,18 @@ def per_object(served: Counter[str], objects: int) -> dict[str, float]:
     return {key: round(count / max(1, objects), 2) for key, count in sorted(served.items()) if count}
 
 
-def digest(body: dict[str, Any]) -> Digest:
+def digest(body: Mapping[str, Any]) -> Digest:
     """What progress is judged by: (Ready=True, nextScheduleTime, taskId, state)."""
     status = body.get("status") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
     return ready, status.get("nextScheduleTime"), status.get("taskId"), status.get("state")
 
 
-class Watched(threading.Thread):
-    """The digest of every object of one plural, kept by one LIST and then a WATCH. Polling with LISTs instead
-    (50 pages of 500 for 25,000 objects every few seconds) was most of the API server's load and slowed the
-    operator being measured."""
-
-    def __init__(self, custom: client.CustomObjectsApi, plural: str) -> None:
-        super().__init__(name=f"watch-{plural}", daemon=True)
-        self.custom, self.plural = custom, plural
-        self.seen: dict[tuple[str, str], Digest] = {}
-        self.listed = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        version = self._list()
-        while not self.stopping.is_set():
-            try:  # each watch ends after 60 s and the next resumes from the last version seen
-                for event in watch.Watch().stream(self.custom.list_cluster_custom_object, GROUP, VERSION,
-                                                  self.plural, resource_version=version, timeout_seconds=60,
-                                                  allow_watch_bookmarks=True):
-                    if self.stopping.is_set():
-                        return
-                    version = event["object"]["metadata"].get("resourceVersion") or version
-                    self._apply(event)
-            except ApiException as exc:
-                if exc.status != 410:  # 410: the version expired; list again
-                    raise
-                version = self._list()
-
-    def _list(self) -> str:
-        seen: dict[tuple[str, str], Digest] = {}
-        token = None
-        while True:
-            page = self.custom.list_cluster_custom_object(GROUP, VERSION, self.plural, limit=500, _continue=token)
-            for item in page["items"]:
-                seen[(item["metadata"]["namespace"], item["metadata"]["name"])] = digest(item)
-            token = page["metadata"].get("continue")
-            if not token:
-                self.seen = seen
-                self.listed.set()
-                return str(page["metadata"]["resourceVersion"])
-
-    def _apply(self, event: dict[str, Any]) -> None:
-        body = event["object"]
-        if event["type"] == "BOOKMARK":
-            return
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if event["type"] == "DELETED":
-            self.seen.pop(key, None)
-        else:
-            self.seen[key] = digest(body)
-
-    def count(self, done: Callable[[Digest], bool]) -> int:
-        return sum(1 for value in list(self.seen.values()) if done(value))
+def count(views: Views, kind: resources.Kind, done: Callable[[Digest], bool]) -> int:
+    """Objects of `kind` whose digest is `done`, from the operator's own views (`ViewWatch`: one LIST, then a
+    WATCH). Polling with LISTs instead (50 pages of 500 for 25,000 objects every few seconds) was most of the
+    API server's load and slowed the operator being measured."""
+    return sum(1 for view in views.every(kind) if done(digest(view)))
 
 
 def wait_until(check: Callable[[], tuple[int, int]], what: str, timeout: float) -> float:
@@ -217,13 +170,14 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
                 job.result()
         created = time.monotonic() - began
 
-        watched = {plural: Watched(custom, plural) for plural in ("schedules", "taskruns")}
-        for watcher in watched.values():
-            watcher.start()
-            watcher.listed.wait(600)
+        views = Views()
+        watches = [ViewWatch(Kube(api), views, kind) for kind in (resources.SCHEDULE, resources.TASKRUN)]
+        for watch in watches:
+            watch.start()
 
         def first_done() -> tuple[int, int]:
-            return (watched["schedules"].count(lambda d: d[0]) + watched["taskruns"].count(lambda d: bool(d[2])),
+            return (count(views, resources.SCHEDULE, lambda d: d[0]) + count(views, resources.TASKRUN,
+                                                                              lambda d: bool(d[2])),
                     args.schedules + args.taskruns)
 
         first = wait_until(first_done, "first reconcile", args.timeout)
@@ -246,13 +200,13 @@ def run_one(args: argparse.Namespace, label: str, code: str, server: LocalPostgr
         began = time.monotonic()
 
         def caught_up() -> tuple[int, int]:
-            moved = watched["schedules"].count(lambda d: d[1] == NEXT_TICK)
-            finished = watched["taskruns"].count(lambda d: d[3] == "successful")
+            moved = count(views, resources.SCHEDULE, lambda d: d[1] == NEXT_TICK)
+            finished = count(views, resources.TASKRUN, lambda d: d[3] == "successful")
             return moved + finished, args.schedules + args.taskruns
 
         restart = wait_until(caught_up, "reconcile after restart", args.timeout)
-        for watcher in watched.values():
-            watcher.stopping.set()
+        for watch in watches:
+            watch.stop()
         restart_rss = rss_mb(proc.pid)
         restart_served = requests_served(kubectl, env) - before_restart
         stop(proc)
