@@ -69,6 +69,7 @@ def routes(conn: db.Conn) -> dict[str, str]:
     return {
         "default list (standalone, exclude successful)": "/api/v1/tasks?standalone=true&exclude_successful=true",
         "filtered list (state=error, actor)": "/api/v1/tasks?state=error&actor=app.actor_11",
+        "filtered list (actor)": "/api/v1/tasks?actor=app.actor_11",
         "filtered list (state, actor: no match, worst case)": "/api/v1/tasks?state=error&actor=app.actor_7",
         "filtered list (schedule)": "/api/v1/tasks?schedule=ns3/schedule-10",
         "filtered list (state=queued)": "/api/v1/tasks?state=queued",
@@ -82,6 +83,7 @@ def routes(conn: db.Conn) -> dict[str, str]:
 LISTS: dict[str, dict[str, Any]] = {
     "default list (standalone, exclude successful)": {"standalone": True, "exclude_successful": True},
     "filtered list (state=error, actor)": {"states": ("error",), "actors": ("app.actor_11",)},
+    "filtered list (actor)": {"actors": ("app.actor_11",)},
     "filtered list (state=queued)": {"states": ("queued",)},
 }
 EXPLAINS = {

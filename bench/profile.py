@@ -143,7 +143,7 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
                     raise RuntimeError("worker did not connect within 60 s")
                 time.sleep(0.005)
             if spy:  # attached now, so that imports and start-up stay out of the samples
-                sampler = subprocess.Popen([spy, "record", "--nonblocking", "-r", str(args.rate), "-f", "raw",
+                sampler = subprocess.Popen([spy, "record", "--nonblocking", "--gil", "-r", str(args.rate), "-f", "raw",
                                             "-o", str(raw), "--pid", str(worker_pid)],
                                            stdout=subprocess.DEVNULL, stderr=fds[1])
             left = pending(conn)

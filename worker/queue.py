@@ -326,16 +326,45 @@ class TaskFilter:
             return sql.SQL("true"), params
         return sql.SQL(" AND ").join(clauses), params
 
+    def branches(self) -> list[LiteralString]:
+        """Conditions equivalent to the state filter (the table's CHECK ties finished_at to the state), one per
+        branch of a newest-first list, that let the planner read the partial indexes: tasks_unfinished for live
+        rows; tasks_finished_by_state, tasks_finished_by_actor and tasks_finished_unsuccessful for finished ones.
+        An actor filter without a one-sided state filter reads the two halves apart, since only finished rows
+        are in the actor index (migration 0010)."""
+        states = set(self.states)
+        if states and states <= set(protocol.LIVE_STATES):
+            return ["finished_at IS NULL"]
+        if states and states <= set(protocol.FINAL_STATES):
+            return ["finished_at IS NOT NULL"]
+        if self.exclude_successful and not states:
+            return ["finished_at IS NULL", "finished_at IS NOT NULL AND state <> 'successful'"]
+        if self.actors:
+            return ["finished_at IS NULL", "finished_at IS NOT NULL"]
+        return ["true"]
+
+
+def list_statement(where: sql.Composable, params: dict[str, Any], branches: Sequence[LiteralString], *,
+                   limit: int, before_id: int | None = None) -> tuple[sql.Composed, dict[str, Any]]:
+    """A newest-first page (task_list) of the rows matching `where`: one branch per condition of `branches`
+    (TaskFilter.branches), merged by task_list_merge when there are several; keyset pagination on id."""
+    if before_id is not None:
+        where = sql.SQL("{} AND id < %(before_id)s").format(where)
+        params = {**params, "before_id": before_id}
+    params = {**params, "limit": limit}
+    parts = [sql.SQL(queries.get("task_list")).format(filters=sql.SQL("{} AND {}").format(where, sql.SQL(branch)))
+             for branch in branches]
+    if len(parts) == 1:
+        return parts[0], params
+    merged = sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(part) for part in parts)
+    return sql.SQL(queries.get("task_list_merge")).format(branches=merged), params
+
 
 def list_tasks(conn: Conn, filters: TaskFilter = TaskFilter(), *, limit: int = 100,
                before_id: int | None = None) -> list[Task]:
     """Newest first, at most `limit` (keyset pagination with `before_id`)."""
     where, params = filters.where()
-    if before_id is not None:
-        where = sql.SQL("{} AND id < %(before_id)s").format(where)
-        params["before_id"] = before_id
-    params["limit"] = limit
-    query = sql.SQL(queries.get("task_list")).format(filters=where)
+    query, params = list_statement(where, params, filters.branches(), limit=limit, before_id=before_id)
     return [Task.from_row(row) for row in conn.execute(query, params)]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, LiteralString
+from typing import Any, Literal
 
 from psycopg import sql
 
@@ -138,35 +138,7 @@ def list_statement(query: TaskQuery, scope: Scope, *, limit: int,
                    before: int | None = None) -> tuple[sql.Composed, dict[str, Any]]:
     """The task list's SELECT: one newest-first branch per index-friendly condition, merged by UNION ALL."""
     where, params = query.where(scope)
-    if before is not None:
-        where = sql.SQL("{} AND id < %(before)s").format(where)
-        params["before"] = before
-    params["limit"] = limit
-    branches = [sql.SQL("SELECT * FROM kubetasks.tasks WHERE {} AND {} ORDER BY id DESC LIMIT %(limit)s")
-                .format(where, sql.SQL(branch)) for branch in _branches(query)]
-    if len(branches) == 1:
-        return branches[0], params
-    return sql.SQL("SELECT * FROM ({}) AS page ORDER BY id DESC LIMIT %(limit)s").format(
-        sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(b) for b in branches)), params
-
-
-def _branches(query: TaskQuery) -> list[LiteralString]:
-    """Conditions equivalent to the query's state filter (the table's CHECK ties finished_at to the state) that
-    let the planner read the partial indexes of migration 0003, each branch newest first."""
-    states = set(query.states)
-    if states and states <= set(protocol.LIVE_STATES):
-        return ["finished_at IS NULL"]
-    if states and states <= set(protocol.FINAL_STATES):
-        return ["finished_at IS NOT NULL"]
-    if query.exclude_successful and not states:
-        return ["finished_at IS NULL", "finished_at IS NOT NULL AND state <> 'successful'"]
-    return ["true"]
-
-
-def count_tasks(conn: Conn, query: TaskQuery, scope: Scope) -> int:
-    where, params = query.where(scope)
-    row = conn.execute(sql.SQL("SELECT count(*) AS n FROM kubetasks.tasks WHERE {}").format(where), params).fetchone()
-    return int(row["n"]) if row else 0
+    return queue.list_statement(where, params, query._common().branches(), limit=limit, before_id=before)
 
 
 def _attempt_json(row: dict[str, Any], current: bool) -> dict[str, Any]:

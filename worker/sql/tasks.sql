@@ -166,6 +166,10 @@ SELECT * FROM kubetasks.task_attempts WHERE task_id = %(id)s ORDER BY attempt;
 -- conditions asked for, so each query keeps the plan of its index) and may end with the keyset `id < before_id`.
 SELECT * FROM kubetasks.tasks WHERE {filters} ORDER BY id DESC LIMIT %(limit)s;
 
+-- task_list_merge: the branches of one task list (each a task_list of its own, see queue.list_statement) merged
+-- newest first.
+SELECT * FROM ({branches}) AS page ORDER BY id DESC LIMIT %(limit)s;
+
 -- task_delete_matching: delete the tasks matching {filters} (a TaskFilter), unfinished ones only when asked.
 DELETE FROM kubetasks.tasks WHERE {filters} AND (%(include_unfinished)s OR state NOT IN ('queued', 'running'));
 

@@ -63,6 +63,11 @@ SELECT kubetasks.workflow_cancel(%(id)s, %(message)s) AS cancelled;
 -- workflow_retry: re-run the failed children of the step where a workflow stopped (NULL: not retryable).
 SELECT kubetasks.workflow_retry(%(id)s) AS requeued;
 
--- workflow_count_by_state: workflows (parent tasks) by state, for the metrics.
-SELECT state::text AS state, count(*) AS count FROM kubetasks.tasks WHERE actor = 'kubetasks.workflow'
+-- workflow_count_by_state: workflows (parent tasks) by state, for the metrics; live and finished ones apart, so
+-- each half reads its index (tasks_unfinished, tasks_finished_by_actor) rather than the whole table.
+SELECT state::text AS state, count(*) AS count FROM (
+    SELECT state FROM kubetasks.tasks WHERE actor = 'kubetasks.workflow' AND finished_at IS NULL
+    UNION ALL
+    SELECT state FROM kubetasks.tasks WHERE actor = 'kubetasks.workflow' AND finished_at IS NOT NULL
+) AS workflows
 GROUP BY state ORDER BY state;
