@@ -60,8 +60,8 @@ def pending(conn: psycopg.Connection) -> int:
 
 def top_functions(raw: Path, cpu_us: float, limit: int = 20) -> tuple[list[str], list[str], int]:
     """py-spy's raw (collapsed) stacks: self and inclusive share of the samples per function, and that
-    share of the measured worker CPU per task (a thread waiting for the GIL still counts as a sample,
-    so the shares, not the sample counts, are what to trust)."""
+    share of the measured worker CPU per task (py-spy runs with --gil: only the thread holding the GIL is
+    sampled, so a thread waiting for it or blocked in a system call counts nothing)."""
     self_s: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
