@@ -206,8 +206,6 @@ class Children:
 def run(settings: Settings) -> int:
     """Entry point of `kubetasks worker`: processes × threads in this replica, the first process included.
     Exits with 75 when threads stuck past their time limit call for a fresh process."""
-    from .consumer import Health
-
     _configure_logging()
     children = None
     if settings.worker.processes > 1:
@@ -217,6 +215,8 @@ def run(settings: Settings) -> int:
             log.warning("metrics were imported before the worker started: this process's counters are not "
                         "aggregated with the others'")
         children = Children(settings, settings.worker.processes - 1)
+    from .consumer import Health  # imports the metrics: only now that their directory is set
+
     health = Health()
     health.reason = "waiting for the database"
     server = serve_http(settings, health, children)  # before the database: probes answer while we wait

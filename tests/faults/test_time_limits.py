@@ -91,7 +91,7 @@ def test_too_many_stuck_threads_supervised_child_is_restarted(
     http = metrics_port()
     out = tmp_path / "out"
     supervisor = workers(dsn, processes=2, threads=1, prefetch=0, abandoned_threads_limit=1, **http)
-    wait_for(lambda: probes.status(base_url(http) + "/healthz") == 200, what="both processes up")
+    wait_for(lambda: probes.status(base_url(http) + "/readyz") == 200, timeout=30, what="the first process ready")
     blocked = queue.enqueue(conn, "t.block", {"path": str(tmp_path / "block")}).id
     # Whichever process claimed it asks to be replaced: the other one restarted by the first, or the first
     # exiting (75) for its own restart.

@@ -52,6 +52,20 @@ def test_metrics_and_health_expose_counts_but_never_arguments(
     assert get(base + "/healthz")[0] == 200
 
 
+def test_metrics_of_a_replica_add_up_the_tasks_of_all_its_processes(
+        conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
+    port = pgserver.free_port()
+    start_worker(processes=2, threads=1, prefetch=0, metrics_port=str(port), metrics_host="127.0.0.1")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get(base + "/readyz")[0] == 200, what="ready")
+    pids = tmp_path / "pids"
+    queue.enqueue_many(conn, "t.pid", ({"path": str(pids), "seconds": 0.05} for _ in range(40)))
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 40, timeout=30, what="40 tasks run")
+    assert len(set(pids.read_text().split())) == 2, "both processes ran tasks"
+    line = 'kubetasks_tasks_finished_total{actor="t.pid",state="successful"} 40.0'
+    wait_for(lambda: line in get(base + "/metrics")[1], timeout=10, what=line)
+
+
 @pytest.fixture
 def own_server() -> Iterator[pgserver.LocalPostgres]:
     bindir = pgserver.find_bindir()

@@ -31,6 +31,13 @@ def record(path: str, value: str) -> dict[str, str]:
     return {"value": value}
 
 
+@actor(name="t.pid")
+def pid(path: str, seconds: float = 0.0) -> None:
+    """Appends the id of the process that ran it, after a sleep (so tasks spread over a replica's processes)."""
+    time.sleep(seconds)
+    _mark(path, str(os.getpid()))
+
+
 @actor(name="t.flaky", max_retries=3)
 def flaky(path: str, fail_times: int) -> str:
     """Fails `fail_times` times, then succeeds."""

@@ -77,6 +77,10 @@ class Fleet:
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop(timeout=10)
+            # Captured by pytest and shown only when the test fails: the log a failure report needs.
+            tail = worker.output().splitlines()[-60:]
+            header = f"--- {worker.log_path.name} (exit {worker.proc.returncode}), last {len(tail)} lines"
+            print(header, *tail, sep="\n")
 
 
 @contextmanager
