@@ -8,9 +8,8 @@ from importlib import resources
 from kubetasks.worker import db, protocol, queries
 
 # Queries whose text has a slot filled with psycopg.sql in Python: the rest run as written.
-COMPOSED = {"task_list": {"filters"}, "task_list_merge": {"branches"},
-    "task_delete_matching": {"filters"},
-    "channel_listen": {"channel"}}
+COMPOSED = {"task_list": {"filters"}, "task_list_merge": {"branches"}, "task_delete_matching": {"filters"},
+            "channel_listen": {"channel"}}
 
 
 def test_every_query_block_has_a_reason() -> None:
