@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_BATCH = 1000
 PREFETCH_SECONDS = 0.05
-PREFETCH_MAX_PER_THREAD = 32
+PREFETCH_MAX_PER_THREAD = 128  # tiny tasks: claims of ~500 rows at 8 threads, each a few ms of server time
 AsyncConn = db.AsyncConn
 
 
@@ -377,21 +377,41 @@ class Consumer:
             await self._write_batch()
 
     async def _write(self, outcomes: list[policies.Outcome]) -> None:
-        """Record outcomes: attempt rows only when they tell something, then one UPDATE for all."""
+        """Record outcomes: attempt rows only when they tell something, then the tasks. Plain outcomes (a final
+        state and reason, nothing else) go by ids alone, one statement per kind; the rest by task_finish_many.
+        A single statement (the usual batch: plain successes) needs no transaction around it."""
         assert self.record is not None
+        statements: list[tuple[str, dict[str, Any]]] = []
+        recorded = [o for o in outcomes if o.worth_recording]
+        if recorded:
+            statements.append(("attempt_insert_many", {
+                "ids": [o.task_id for o in recorded], "attempts": [o.attempt for o in recorded],
+                "states": [o.state for o in recorded], "reasons": [o.reason for o in recorded],
+                "worker": [self.name] * len(recorded), "started": [o.started_at for o in recorded],
+                "errors": [o.error for o in recorded], "logs": [o.log for o in recorded]}))
+        plain: dict[tuple[str, str], list[int]] = {}
+        other: list[policies.Outcome] = []
+        for o in outcomes:
+            if o.result is None and o.error is None and o.eta is None and o.state in protocol.FINAL_STATES:
+                plain.setdefault((o.state, o.reason), []).append(o.task_id)
+            else:
+                other.append(o)
+        for (state, reason), ids in plain.items():
+            statements.append(("task_finish_plain", {"ids": ids, "state": state, "reason": reason,
+                                                     "worker": self.name, "session": self.session}))
+        if other:
+            statements.append(("task_finish_many", {
+                "ids": [o.task_id for o in other], "states": [o.state for o in other],
+                "reasons": [o.reason for o in other], "results": [o.result for o in other],
+                "errors": [o.error for o in other], "etas": [o.eta for o in other],
+                "worker": self.name, "session": self.session}))
+        if len(statements) == 1:
+            name, params = statements[0]
+            await self.record.execute(queries.get(name), params)
+            return
         async with self.record.transaction():
-            recorded = [o for o in outcomes if o.worth_recording]
-            if recorded:
-                await self.record.execute(queries.get("attempt_insert_many"), {
-                    "ids": [o.task_id for o in recorded], "attempts": [o.attempt for o in recorded],
-                    "states": [o.state for o in recorded], "reasons": [o.reason for o in recorded],
-                    "worker": [self.name] * len(recorded), "started": [o.started_at for o in recorded],
-                    "errors": [o.error for o in recorded], "logs": [o.log for o in recorded]})
-            await self.record.execute(queries.get("task_finish_many"), {
-                "ids": [o.task_id for o in outcomes], "states": [o.state for o in outcomes],
-                "reasons": [o.reason for o in outcomes], "results": [o.result for o in outcomes],
-                "errors": [o.error for o in outcomes], "etas": [o.eta for o in outcomes],
-                "worker": self.name, "session": self.session})
+            for name, params in statements:
+                await self.record.execute(queries.get(name), params)
 
     async def _drain(self, timeout: float = 25.0) -> None:
         """On shutdown: stop claiming, let attempts in flight finish (within `timeout`), record everything.

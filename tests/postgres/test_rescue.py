@@ -94,8 +94,15 @@ def test_a_sessions_attempts_live_as_long_as_its_connection(conn: db.Conn, worke
     assert [a["reason"] for a in queue.attempts(conn, tasks[0])] == ["WorkerLost"]
 
 
+LATE_OUTCOMES = {  # the two ways a worker writes an outcome: with its details, or by ids alone
+    "task_finish_many": {"states": ["successful"], "reasons": ["Succeeded"], "results": [None], "errors": [None],
+                         "etas": [None]},
+    "task_finish_plain": {"state": "successful", "reason": "Succeeded"}}
+
+
+@pytest.mark.parametrize("statement", sorted(LATE_OUTCOMES))
 def test_a_resumed_session_keeps_its_attempts_and_a_rescued_one_cannot_finish_them(
-        dsn: str, conn: db.Conn, worker_conn: db.Conn, settings: Settings) -> None:
+        dsn: str, conn: db.Conn, worker_conn: db.Conn, settings: Settings, statement: str) -> None:
     task = queue.enqueue(conn, "tests.rescued", {}).id
     session = start_session(worker_conn)
     claim(worker_conn, session)
@@ -108,9 +115,8 @@ def test_a_resumed_session_keeps_its_attempts_and_a_rescued_one_cannot_finish_th
     rescued = housekeeping.rescue(conn, settings)  # that connection is gone too
     assert [row["id"] for row in rescued] == [task]
     with db.connect(dsn) as late:
-        finished = late.execute(queries.get("task_finish_many"), {
-            "ids": [task], "states": ["successful"], "reasons": ["Succeeded"], "results": [None],
-            "errors": [None], "etas": [None], "worker": "new/1", "session": session})
+        finished = late.execute(queries.get(statement), {
+            "ids": [task], **LATE_OUTCOMES[statement], "worker": "new/1", "session": session})
         assert finished.rowcount == 0  # the outcome of an attempt taken back is not written over the retry
     assert state(conn, task) == ("running", "WorkerLost", None)
 

@@ -119,6 +119,32 @@ def test_self_reported_warning_and_error_are_not_retried(conn: db.Conn,
     assert (f.attempts, f.reason, f.error) == (1, "Failed", "bad input, do not retry")
 
 
+def test_outcomes_of_every_kind_written_together_are_each_recorded_as_they_ended(
+        conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
+    # Claimed and finished together: plain successes are written by ids alone, the rest with what they keep,
+    # and a success after a failure must not keep the failure's error.
+    with conn.transaction():
+        plain = [queue.enqueue(conn, "t.noop", {}).id for _ in range(3)]
+        kept = queue.enqueue(conn, "t.record", {"path": str(tmp_path / "out"), "value": "v"}).id
+        warned = queue.enqueue(conn, "t.warn", {}).id
+        failed = queue.enqueue(conn, "t.fail", {}).id
+        recovered = queue.enqueue(conn, "t.flaky", {"path": str(tmp_path / "tries"), "fail_times": 1,
+                                                    "returns": None}, retry_backoff=0.05).id
+    start_worker(threads=8)
+    wait_for(lambda: states(conn) == {"successful": 5, "warning": 1, "error": 1}, what="all seven finished")
+    ended = {t: queue.get_task(conn, t) for t in [*plain, kept, warned, failed, recovered]}
+    assert {t: (e.state, e.reason, e.result, e.error, e.worker) for t, e in ended.items()} == {
+        **{t: ("successful", "Succeeded", None, None, None) for t in plain},
+        kept: ("successful", "Succeeded", {"value": "v"}, None, None),
+        warned: ("warning", "SucceededWithWarnings", None, "disk almost full", None),
+        failed: ("error", "Failed", None, "bad input, do not retry", None),
+        recovered: ("successful", "Succeeded", None, None, None)}
+    assert all(e.finished_at is not None and e.finished_at >= e.attempt_started_at  # type: ignore[operator]
+               for e in ended.values())
+    assert [(a["attempt"], a["reason"]) for a in queue.attempts(conn, recovered)] == [
+        (1, "Retrying"), (2, "Succeeded")]
+
+
 def test_time_limit_stops_busy_loop_and_sleep(conn: db.Conn, tmp_path: Path,
                                               start_worker: Callable[..., WorkerProcess]) -> None:
     start_worker(threads=2)

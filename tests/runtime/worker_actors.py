@@ -39,14 +39,14 @@ def pid(path: str, seconds: float = 0.0) -> None:
 
 
 @actor(name="t.flaky", max_retries=3)
-def flaky(path: str, fail_times: int) -> str:
-    """Fails `fail_times` times, then succeeds."""
+def flaky(path: str, fail_times: int, returns: str | None = "ok") -> str | None:
+    """Fails `fail_times` times, then succeeds, returning `returns`."""
     _mark(path, "try")
     tries = len(Path(path).read_text().splitlines())
     log.info("attempt %d", tries)
     if tries <= fail_times:
         raise ValueError(f"boom {tries}")
-    return "ok"
+    return returns
 
 
 @actor(name="t.warn")
