@@ -102,6 +102,11 @@ class TaskContext:
     def log_text(self) -> str:
         return "\n".join(self._log)
 
+    @property
+    def silent(self) -> bool:
+        """Nothing logged nor reported: the attempt has nothing to tell but how it ended."""
+        return not self._log and self.reported is None
+
     def interrupt(self, reason: type[Interrupted]) -> None:
         self.stop_reason = reason
         self.stop.set()

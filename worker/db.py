@@ -12,6 +12,7 @@ Their bookkeeping statements are in `sql/database.sql`; `sql/schema.sql` is what
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from . import queries
@@ -50,6 +52,21 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+_JSON = json.JSONDecoder()
+
+
+def load_json(data: bytes | str) -> Any:
+    """json.loads for what PostgreSQL sends: its json(b) text has no whitespace around the value, so the
+    scanner is called directly (json.loads spends most of its time on the regular expressions around the value);
+    anything else (a json column keeps its input's spacing) goes through json.loads."""
+    text = data.decode() if isinstance(data, bytes) else data
+    try:
+        value, end = _JSON.raw_decode(text)
+    except json.JSONDecodeError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def _options(connect_timeout: float, application_name: str, autocommit: bool = True) -> dict[str, Any]:
     # libpq takes whole seconds and treats 0 as "wait forever": never round down to that.
     return {"autocommit": autocommit, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
@@ -61,6 +78,7 @@ def connect(target: str | DatabaseSettings, *, autocommit: bool = True, connect_
     """A connection to a DSN, or to the database the settings name (with their connect timeout)."""
     dsn, timeout = _target(target, connect_timeout)
     conn: Conn = psycopg.connect(dsn, **_options(timeout, application_name, autocommit))
+    set_json_loads(load_json, conn)
     return conn
 
 
@@ -68,6 +86,7 @@ async def connect_async(target: str | DatabaseSettings, *, connect_timeout: floa
                         application_name: str = "kubetasks") -> AsyncConn:
     dsn, timeout = _target(target, connect_timeout)
     conn: AsyncConn = await psycopg.AsyncConnection.connect(dsn, **_options(timeout, application_name))
+    set_json_loads(load_json, conn)
     return conn
 
 
@@ -77,7 +96,8 @@ def pool(target: str | DatabaseSettings, *, max_size: int, min_size: int = 1,
     block the caller); `with pool.connection() as conn` then behaves like `connect`'s connections."""
     dsn, timeout = _target(target, None)
     return ConnectionPool(dsn, min_size=min_size, max_size=max_size, open=True, name=application_name,
-                          kwargs=_options(timeout, application_name))
+                          kwargs=_options(timeout, application_name),
+                          configure=lambda conn: set_json_loads(load_json, conn))
 
 
 def _target(target: str | DatabaseSettings, connect_timeout: float | None) -> tuple[str, float]:

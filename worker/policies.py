@@ -71,6 +71,8 @@ def decide(ctx: TaskContext, *, returned: Any = None, raised: BaseException | No
            now: datetime, backoff_base: float, backoff_max: float, started_at: datetime | None = None,
            rng: random.Random | None = None) -> Outcome:
     """The outcome of one attempt."""
+    if raised is None and returned is None and ctx.silent:  # most attempts: skip the general path below
+        return Outcome(ctx.task_id, ctx.attempt, "successful", "Succeeded", started_at=started_at)
     common: dict[str, Any] = {"task_id": ctx.task_id, "attempt": ctx.attempt, "started_at": started_at}
     message = "; ".join(ctx.messages) or None
     if raised is None:

