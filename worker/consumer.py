@@ -334,10 +334,8 @@ class Consumer:
         return rows
 
     def _submit(self, rows: list[tuple[Any, ...]]) -> None:
-        started: collections.Counter[str] = collections.Counter()
-        for row in rows:
-            started[row[1]] += 1  # the actor
-            self.executor.submit(Job(*row))
+        started = collections.Counter(row[1] for row in rows)  # by actor
+        self.executor.submit_many([Job(*row) for row in rows])
         for actor, n in started.items():  # the metrics once per actor and batch, not once per task
             metrics.IN_PROGRESS.labels(actor).inc(n)
 

@@ -198,15 +198,25 @@ class Executor:
         thread.start()
 
     def submit(self, job: Job) -> None:
-        job.ctx.settings = self.settings
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Hand over a claimed batch: one lock for all, then each to the loop (async actors) or the threads."""
+        settings = self.settings
         with self.lock:
-            self.inflight[job.task_id] = job
-        actor = registry.find(job.actor)
-        if self.loop is not None and actor is not None and actor.is_async:
-            self.async_waiting.append(job)
+            for job in jobs:
+                job.ctx.settings = settings
+                self.inflight[job.task_id] = job
+        on_loop = False
+        for job in jobs:
+            actor = registry.find(job.actor)
+            if self.loop is not None and actor is not None and actor.is_async:
+                self.async_waiting.append(job)
+                on_loop = True
+            else:
+                self.jobs.put(job)
+        if on_loop:
             self._start_async()
-        else:
-            self.jobs.put(job)
 
     def _start_async(self) -> None:
         """Lanes (asyncio tasks, at most `size`) take the waiting attempts one after another: an attempt that
