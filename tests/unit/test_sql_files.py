@@ -35,5 +35,5 @@ def test_the_limited_claim_marks_and_claims_tasks_word_for_word_as_task_claim() 
     # Only which tasks to take differs: how an attempt is claimed and marked alive has one definition, so a
     # change to task_claim's UPDATE fails here until task_claim_limited follows it.
     claim, limited = queries.get("task_claim"), queries.get("task_claim_limited")
-    update = claim[claim.index("\nUPDATE "):]
+    update = claim[claim.index("\n), claimed AS ("):]
     assert "FROM candidates" in update and limited.endswith(update)

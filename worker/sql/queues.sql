@@ -75,19 +75,26 @@ WITH control AS MATERIALIZED (
     ORDER BY w.priority DESC, w.id
     LIMIT (SELECT n FROM budget)
 ), candidates AS MATERIALIZED (
-    SELECT t.id FROM kubetasks.tasks t JOIN picked p ON p.id = t.id
-    WHERE t.worker IS NULL AND t.state IN ('queued', 'running')
-    FOR UPDATE OF t SKIP LOCKED
+    SELECT t.id FROM kubetasks.tasks t  -- by ids, not a join: see task_claim's `claimed`
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) AND t.worker IS NULL AND t.state IN ('queued', 'running')
+    FOR UPDATE SKIP LOCKED
 ), spent AS (
     UPDATE kubetasks.queues q SET rate_tokens = c.tokens - (SELECT count(*) FROM candidates), rate_refilled_at = c.at
     FROM control c WHERE q.name = c.name AND c.rate_limit IS NOT NULL
+), claimed AS (
+    -- By ids through the primary key: as a join, the planner hashes a sequential scan of the whole table
+    -- whenever it guesses that cheaper (tens of thousands of rows), a scan of every row version per claim.
+    UPDATE kubetasks.tasks t
+    SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s,
+        attempts = t.attempts + 1, started_at = coalesce(t.started_at, now()), attempt_started_at = now(),
+        updated_at = now()
+    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
+    RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at,
+              t.retry_backoff, CASE WHEN t.traceparent IS NOT NULL THEN t.queue || ' ' || t.traceparent END AS trace,
+              t.priority
 )
-UPDATE kubetasks.tasks t
-SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s, attempts = t.attempts + 1,
-    started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
-FROM candidates WHERE t.id = candidates.id
-RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff,
-          CASE WHEN t.traceparent IS NOT NULL THEN t.queue || ' ' || t.traceparent END;
+SELECT id, actor, args, attempts, max_retries, time_limit, attempt_started_at, retry_backoff, trace
+FROM claimed ORDER BY priority DESC, id;
 
 -- queue_list_startable: per queue (of %(queues)s, or all when NULL), tasks runnable now, running, and how many
 -- of the runnable could start now under its controls (all of them without a row; none while paused). The rest

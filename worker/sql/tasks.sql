@@ -36,13 +36,20 @@ WITH candidates AS MATERIALIZED (
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    -- By ids through the primary key: as a join, the planner hashes a sequential scan of the whole table
+    -- whenever it guesses that cheaper (tens of thousands of rows), a scan of every row version per claim.
+    UPDATE kubetasks.tasks t
+    SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s,
+        attempts = t.attempts + 1, started_at = coalesce(t.started_at, now()), attempt_started_at = now(),
+        updated_at = now()
+    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
+    RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at,
+              t.retry_backoff, CASE WHEN t.traceparent IS NOT NULL THEN t.queue || ' ' || t.traceparent END AS trace,
+              t.priority
 )
-UPDATE kubetasks.tasks t
-SET state = 'running', reason = 'Running', worker = %(worker)s, session = %(session)s, attempts = t.attempts + 1,
-    started_at = coalesce(t.started_at, now()), attempt_started_at = now(), updated_at = now()
-FROM candidates WHERE t.id = candidates.id
-RETURNING t.id, t.actor, t.args, t.attempts, t.max_retries, t.time_limit, t.attempt_started_at, t.retry_backoff,
-          CASE WHEN t.traceparent IS NOT NULL THEN t.queue || ' ' || t.traceparent END;
+SELECT id, actor, args, attempts, max_retries, time_limit, attempt_started_at, retry_backoff, trace
+FROM claimed ORDER BY priority DESC, id;
 
 -- task_finish_many: record the outcome of many attempts of this worker, only those it still owns in this
 -- session (an attempt given up after a reconnection may still name the old one until a rescuer takes it).
@@ -54,7 +61,8 @@ SET state = o.state, reason = o.reason, result = o.result, error = o.error, work
 FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
             %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
      AS o(id, state, reason, result, error, eta)
-WHERE t.id = o.id AND t.worker = %(worker)s AND t.session = %(session)s;
+-- `t.id = ANY` as well as the join: the rows are then found by index, never by a scan of the table (task_claim).
+WHERE t.id = o.id AND t.id = ANY(%(ids)s::bigint[]) AND t.worker = %(worker)s AND t.session = %(session)s;
 
 -- task_finish_plain: the common case of task_finish_many, by ids alone: attempts of this session that ended in
 -- one final state and reason with nothing else to keep (no result, error or eta), the same for all of them.
