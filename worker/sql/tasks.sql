@@ -61,8 +61,7 @@ SET state = o.state, reason = o.reason, result = o.result, error = o.error, work
 FROM unnest(%(ids)s::bigint[], %(states)s::kubetasks.task_state[], %(reasons)s::text[],
             %(results)s::jsonb[], %(errors)s::text[], %(etas)s::timestamptz[])
      AS o(id, state, reason, result, error, eta)
--- `t.id = ANY` as well as the join: the rows are then found by index, never by a scan of the table (task_claim).
-WHERE t.id = o.id AND t.id = ANY(%(ids)s::bigint[]) AND t.worker = %(worker)s AND t.session = %(session)s;
+WHERE t.id = o.id AND t.worker = %(worker)s AND t.session = %(session)s;
 
 -- task_finish_plain: the common case of task_finish_many, by ids alone: attempts of this session that ended in
 -- one final state and reason with nothing else to keep (no result, error or eta), the same for all of them.
