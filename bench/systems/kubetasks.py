@@ -36,7 +36,8 @@ class Kubetasks(System):
     # loop, as graphile-worker, procrastinate and pgqueuer run theirs).
     variants = ("defaults", "async")
     # Live tasks as kubetasks counts them itself (queue_count_tasks): `finished_at IS NULL` is the same rows (a
-    # CHECK ties them) and reads the small tasks_unfinished index, where a state filter scans every row kept.
+    # CHECK ties them) and can read the tasks_unfinished index, which a state filter cannot (the planner still
+    # scans the table while most rows are live; bench/profile.py polls with EXISTS probes for that reason).
     pending_sql = "SELECT count(*) FROM kubetasks.tasks WHERE finished_at IS NULL"
 
     def actor(self) -> str:
