@@ -450,7 +450,9 @@ def test_workerpool_scales_the_deployment_up_and_back_down(ns: str, kubectl: Kub
     later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     apply(kubectl, ns, "---\n".join([taskrun(f"job-{i}", "t.noop", queue="pool-q") for i in range(5)]
                                     + [taskrun("later", "t.noop", queue="pool-q", runAt=later)]))
-    wait(lambda: replicas() == 3, "scale up to 3")
+    # A pass scales the Deployment before it writes its status: wait for both, or the status read may be the
+    # previous pass's (taken while the operator was still turning the TaskRuns into rows).
+    wait(lambda: replicas() == 3 and status_of(api, "workerpools", ns, "pool").get("desired") == 3, "scale up to 3")
     status = status_of(api, "workerpools", ns, "pool")
     assert (status["desired"], status["queued"], status["running"], status["concurrency"]) == (3, 5, 0, 2)
     (row,) = table(kubectl, "workerpools", "-n", ns)
