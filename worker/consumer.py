@@ -35,6 +35,9 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 FLUSH_BATCH = 1000
+# Outcomes waiting to be written past which claims stop: writes behind by a few batches (a slow or locked
+# table) throttle the claims, rather than fill memory with outcomes.
+OUTCOMES_MAX = 3 * FLUSH_BATCH
 PREFETCH_SECONDS = 0.05
 PREFETCH_MAX_PER_THREAD = 128  # tiny tasks: claims of ~500 rows at 8 threads, each a few ms of server time
 AsyncConn = db.AsyncConn
@@ -80,6 +83,10 @@ class Consumer:
         self.wake = asyncio.Event()
         self.outcome_ready = asyncio.Event()
         self._signalled = False
+        # A claim put off until enough slots are free: it waits on `slots_freed`, which the task threads set
+        # once the attempts in flight are down to `_resume_at` (-1: no claim waiting), and each write sets.
+        self.slots_freed = asyncio.Event()
+        self._resume_at = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.work: AsyncConn | None = None
@@ -111,10 +118,17 @@ class Consumer:
         self.outcomes.append((job, outcome))
         if not self._signalled and self._loop is not None:
             self._signalled = True
-            if threading.get_ident() == self._loop_thread:  # an async actor's, or an interrupt from the loop
-                self.outcome_ready.set()
-            else:
-                self._loop.call_soon_threadsafe(self.outcome_ready.set)
+            self._set(self.outcome_ready)
+        if self._resume_at >= 0 and len(self.executor.inflight) <= self._resume_at:
+            self._resume_at = -1  # two threads may both get here: setting the event twice does no harm
+            self._set(self.slots_freed)
+
+    def _set(self, event: asyncio.Event) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:  # an async actor's, or an interrupt from the loop
+            event.set()
+        else:
+            self._loop.call_soon_threadsafe(event.set)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -216,17 +230,26 @@ class Consumer:
                     self.controls_stale = False
                     self.controls = await controls.load(self.work, self.queues)
                 capacity = self.capacity()
-                free = capacity - len(self.executor.inflight)
+                unwritten = max(0, len(self.outcomes) - OUTCOMES_MAX)  # they hold their slots too
+                free = capacity - len(self.executor.inflight) - unwritten
+                if not self.wake.is_set():
+                    await self._wait(helpers, self.wake)
+                    continue
                 # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
-                if free > 0 and self.wake.is_set() and (
-                        not self.backlog or free >= capacity // 2 or not self.executor.inflight):
+                wanted = max(1, capacity // 2) if self.backlog and self.executor.inflight else 1
+                if free >= wanted:
                     self.wake.clear()
                     claimed = await self._claim_all(free)
                     self.backlog = claimed >= free
                     if self.backlog:
                         self.wake.set()  # a full batch: more may be waiting
                     continue
-                await self._wait(helpers)
+                # Work is waiting but too few slots are free: wait for them (not for the wake-up already set).
+                self.slots_freed.clear()
+                self._resume_at = capacity - unwritten - wanted  # below 0: only a write can free enough
+                if len(self.executor.inflight) > self._resume_at:  # else freed since `free` was counted
+                    await self._wait(helpers, self.slots_freed)
+                self._resume_at = -1
         finally:
             listener, recorder = helpers
             listener.cancel()
@@ -248,9 +271,10 @@ class Consumer:
             finally:
                 self._writing = False
             self.wake.set()  # slots were freed: the claim loop looks again
+            self.slots_freed.set()
 
-    async def _wait(self, helpers: list[asyncio.Task[None]]) -> None:
-        waits = [asyncio.ensure_future(e.wait()) for e in (self.wake, self.stopping)]
+    async def _wait(self, helpers: list[asyncio.Task[None]], event: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (event, self.stopping)]
         try:
             done, _ = await asyncio.wait([*waits, *helpers], timeout=self.listen_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import worker_actors  # noqa: F401 - declares the actors enqueued below
 from waiting import wait_for
 from workers import WorkerProcess
 
-from kubetasks.worker import db, protocol, queries, queue
+from kubetasks.worker import consumer, db, protocol, queries, queue
 
 
 def states(conn: db.Conn) -> dict[str, int]:
@@ -266,3 +267,55 @@ def test_arguments_that_do_not_fit_the_actor_fail_at_once_without_retries(
     final = queue.get_task(conn, task.id)
     assert (final.attempts, final.reason) == (1, "Failed")
     assert "args: do not fit t.fail()" in (final.error or "") and "unexpected" in (final.error or "")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_worker_with_every_slot_busy_waits_for_a_free_one_without_spinning(
+        conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
+    # A wake-up (here the second task's NOTIFY) with no slot free must not turn the claim loop into a busy loop.
+    release = tmp_path / "release"
+    busy = queue.enqueue(conn, "t.wait_file", {"path": str(tmp_path / "busy"), "release": str(release)}).id
+    worker = start_worker(threads=1, prefetch=0, consumer_listen_timeout="60")
+    wait_for(lambda: (tmp_path / "busy").exists(), what="the only thread busy")
+    waiting = queue.enqueue(conn, "t.noop", {}).id
+    before = cpu_seconds(worker.pid)
+    time.sleep(2)  # CPU burnt over a window: the thing measured is a rate, so it needs one
+    burnt = cpu_seconds(worker.pid) - before
+    assert burnt < 0.5, f"{burnt:.2f} s of CPU in 2 s with nothing to do but wait"
+    assert queue.get_task(conn, waiting).state == "queued"
+    release.touch()
+    wait_for(lambda: {queue.get_task(conn, t).state for t in (busy, waiting)} == {"successful"}, what="both done")
+
+
+def test_claims_stop_while_outcomes_cannot_be_written(
+        conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
+    # Finishing writes are held up (a trigger waits on a lock the test holds) while claims are not: the worker
+    # must stop claiming once OUTCOMES_MAX outcomes are waiting, not keep running tasks into memory.
+    conn.execute("""
+        CREATE FUNCTION public.hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+        CREATE TRIGGER hold_finish BEFORE UPDATE ON kubetasks.tasks FOR EACH ROW
+            WHEN (NEW.finished_at IS NOT NULL AND OLD.finished_at IS NULL) EXECUTE FUNCTION public.hold_finish()""")
+    conn.commit()
+    bound = consumer.FLUSH_BATCH + consumer.OUTCOMES_MAX + 44  # being written, waiting, the slots
+    total = bound + 2000
+    queue.enqueue_many(conn, "t.noop", [{}] * total)
+    with db.connect(conn.info.dsn) as holder:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        start_worker(threads=4, prefetch=40)  # capacity 44
+        wait_for(lambda: conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'"
+                                      " AND objid = 4242 AND NOT granted").fetchone()["n"] > 0,  # type: ignore[index]
+                 what="the first write held up")
+        claimed = []
+        for _ in range(20):  # the claims made over two seconds of held-up writes
+            claimed.append(conn.execute("SELECT count(*) AS n FROM kubetasks.tasks WHERE attempts > 0"
+                                        ).fetchone()["n"])  # type: ignore[index]
+            time.sleep(0.1)
+        assert max(claimed) <= bound, claimed
+        holder.execute("SELECT pg_advisory_unlock(4242)")
+    wait_for(lambda: states(conn) == {"successful": total}, timeout=60, what="all done once the writes resume")
+    assert conn.execute("SELECT max(attempts) AS n FROM kubetasks.tasks").fetchone() == {"n": 1}
