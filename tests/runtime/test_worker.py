@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import probes
 from waiting import wait_for
 from workers import WorkerProcess
 
@@ -269,11 +269,6 @@ def test_arguments_that_do_not_fit_the_actor_fail_at_once_without_retries(
     assert "args: do not fit t.fail()" in (final.error or "") and "unexpected" in (final.error or "")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def test_a_worker_with_every_slot_busy_waits_for_a_free_one_without_spinning(
         conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
     # A wake-up (here the second task's NOTIFY) with no slot free must not turn the claim loop into a busy loop.
@@ -282,9 +277,9 @@ def test_a_worker_with_every_slot_busy_waits_for_a_free_one_without_spinning(
     worker = start_worker(threads=1, prefetch=0, consumer_listen_timeout="60")
     wait_for(lambda: (tmp_path / "busy").exists(), what="the only thread busy")
     waiting = queue.enqueue(conn, "t.noop", {}).id
-    before = cpu_seconds(worker.pid)
+    before = probes.cpu_seconds(worker.pid)
     time.sleep(2)  # CPU burnt over a window: the thing measured is a rate, so it needs one
-    burnt = cpu_seconds(worker.pid) - before
+    burnt = probes.cpu_seconds(worker.pid) - before
     assert burnt < 0.5, f"{burnt:.2f} s of CPU in 2 s with nothing to do but wait"
     assert queue.get_task(conn, waiting).state == "queued"
     release.touch()
