@@ -229,12 +229,12 @@ class Consumer:
                 if self.controls_stale and self.work is not None:
                     self.controls_stale = False
                     self.controls = await controls.load(self.work, self.queues)
-                capacity = self.capacity()
-                unwritten = max(0, len(self.outcomes) - OUTCOMES_MAX)  # they hold their slots too
-                free = capacity - len(self.executor.inflight) - unwritten
                 if not self.wake.is_set():
                     await self._wait(helpers, self.wake)
                     continue
+                capacity = self.capacity()
+                unwritten = max(0, len(self.outcomes) - OUTCOMES_MAX)  # they hold their slots too
+                free = capacity - len(self.executor.inflight) - unwritten
                 # With a backlog, wait until half the capacity is free: fewer, bigger claims per round trip.
                 wanted = max(1, capacity // 2) if self.backlog and self.executor.inflight else 1
                 if free >= wanted:
@@ -270,8 +270,8 @@ class Consumer:
                 await self._write_batch()
             finally:
                 self._writing = False
-            self.wake.set()  # slots were freed: the claim loop looks again
-            self.slots_freed.set()
+            self.wake.set()  # the claim loop looks again
+            self.slots_freed.set()  # written outcomes no longer count against OUTCOMES_MAX
 
     async def _wait(self, helpers: list[asyncio.Task[None]], event: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (event, self.stopping)]
