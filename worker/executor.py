@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Longest run of async attempts a lane executes before it lets the loop turn (attempts that never suspend).
+LANE_TURN_SECONDS = 0.002
+
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
 
@@ -229,6 +232,7 @@ class Executor:
 
     async def _run_lane(self, lane: Lane) -> None:
         try:
+            turn_ends = time.monotonic() + LANE_TURN_SECONDS
             while self.async_waiting:
                 job = self.async_waiting.popleft()
                 lane.current = job
@@ -237,6 +241,11 @@ class Executor:
                     await self.execute_async(job)
                 finally:
                     lane.current = None
+                if time.monotonic() >= turn_ends:
+                    # Attempts that never suspend would keep the loop for the whole batch: the next claim, the
+                    # writes, notifications and health checks would wait for it, instead of overlapping it.
+                    await asyncio.sleep(0)
+                    turn_ends = time.monotonic() + LANE_TURN_SECONDS
         finally:
             self.lanes.discard(lane)
             if self.async_waiting:  # this lane was cancelled outside an attempt (shutdown): others carry on

@@ -71,3 +71,38 @@ def test_a_cancel_stops_its_own_attempt_and_the_lane_runs_the_next_one() -> None
     outcomes = asyncio.run(scenario())
     assert outcomes == [(1, "cancelled"), (2, "successful")]
     assert ran_on["slow"] == ran_on["next"] == threading.get_ident()  # both on the loop's thread
+
+
+@registry.actor(name="unit.async_instant")
+async def instant() -> None:
+    """Never suspends: without the lane's own turns, a batch of these would keep the loop to the end."""
+
+
+def test_a_lane_of_attempts_that_never_suspend_lets_the_loop_turn_before_the_batch_ends() -> None:
+    total = 20_000  # tens of milliseconds of attempts, against turns of LANE_TURN_SECONDS
+
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        outcomes: list[int] = []
+        finished = asyncio.Event()
+
+        def sink(j: Job, o: policies.Outcome) -> None:
+            outcomes.append(j.task_id)
+            if len(outcomes) == total:
+                finished.set()  # on the loop's thread: async attempts end there
+
+        executor = Executor(1, sink, backoff_base=1, backoff_max=1)
+        executor.start(loop)
+        try:
+            executor.submit_many([Job(i, "unit.async_instant", {}, 1, 0, 30.0, datetime.now(UTC))
+                                  for i in range(total)])
+            seen: list[int] = []
+            loop.call_soon(lambda: seen.append(len(outcomes)))  # the loop's next turn, after the lane's start
+            await asyncio.wait_for(finished.wait(), 60)
+        finally:
+            executor.stop()
+        return seen[0], len(outcomes)
+
+    at_first_turn, done = asyncio.run(scenario())
+    assert done == total
+    assert at_first_turn < total  # the loop ran in the middle of the batch, not only after it
