@@ -3,6 +3,8 @@
 Concurrency of a replica = processes × threads. The first process always works; with several, it also
 starts the others, restarts any that die (with backoff) and serves their metrics aggregated through
 prometheus-client's multiprocess mode. No idle supervisor process, so memory is spent on workers only.
+The others are forked at start-up, before any thread or connection exists, so they work as soon as the
+first one does instead of importing everything again; a restarted one is a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import asyncio
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import psycopg
 
@@ -106,8 +109,6 @@ def run_process(settings: Settings, *, health: Health | None = None, children: C
         return await worker.run()
 
     keeper.start()
-    if children is not None:
-        children.start()
     try:
         return asyncio.run(main())
     finally:
@@ -129,6 +130,56 @@ def child_main() -> None:
     sys.exit(run_process(settings))
 
 
+def _forked_child_main(settings: Settings) -> NoReturn:
+    """A child forked at start-up: the parent's imports are its own, so it only waits for the schema (the
+    parent may be migrating it) and works. It never returns into the parent's code (os._exit)."""
+    code = 1
+    try:
+        _die_with_parent()
+        wait_for_database(settings)
+        code = run_process(settings)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("worker process %s failed", os.getpid())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class ForkedProcess:
+    """A child forked from this process, with the part of subprocess.Popen's interface Children uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited = os.pidfd_open(pid)  # readable once it exits: waits without polling
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                os.close(self._exited)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None:
+            select.select([self._exited], [], [], timeout)
+            if self.poll() is None:
+                raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped yet, so the pid cannot have been reused
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies, so no orphan keeps running tasks."""
     try:
@@ -145,17 +196,30 @@ class Children:
     they die, stopped with SIGTERM. Plain subprocesses, so no multiprocessing helper process costs memory."""
 
     def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
         self.env = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.procs: list[subprocess.Popen[bytes] | ForkedProcess | None] = [None] * count
         self.restart_at: list[float] = [0.0] * count
         self.backoff = [db.Backoff(0.5, 30.0) for _ in range(count)]
         self.stopping = threading.Event()
         self.monitor = threading.Thread(target=self._watch, name="kubetasks-children", daemon=True)
 
     def start(self) -> None:
+        """Fork the children while this process has no other thread (forking then is safe), else spawn them."""
         for index in range(len(self.procs)):
-            self._spawn(index)
+            if threading.active_count() == 1 and hasattr(os, "pidfd_open"):  # pidfd: Linux
+                self._fork(index)
+            else:
+                self._spawn(index)
         self.monitor.start()
+
+    def _fork(self, index: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _forked_child_main(self.settings)
+        self.procs[index] = ForkedProcess(pid)
 
     def _spawn(self, index: int) -> None:
         self.procs[index] = subprocess.Popen(
@@ -215,6 +279,7 @@ def run(settings: Settings) -> int:
             log.warning("metrics were imported before the worker started: this process's counters are not "
                         "aggregated with the others'")
         children = Children(settings, settings.worker.processes - 1)
+        children.start()  # first of all: no thread, connection or metric exists yet to be forked with it
     from .consumer import Health  # imports the metrics: only now that their directory is set
 
     health = Health()
