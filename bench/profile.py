@@ -9,7 +9,7 @@ A throwaway PostgreSQL with `pg_stat_statements` (the same settings as bench/run
 written server-side, then `kubetasks worker --module bench.tasks_kubetasks`, with `py-spy record`
 attached once it has connected (start-up stays out of the samples) unless --no-py-spy; py-spy comes
 from PyPI into the project's venv (`.venv/bin/pip install py-spy`) and needs root or ptrace rights.
-Reports, per task: the worker process's CPU (from /proc, utime + stime), the PostgreSQL backends'
+Reports, per task: the worker replica's CPU (its processes, from /proc, utime + stime), the PostgreSQL backends'
 CPU, the server execution time per statement (`pg_stat_statements`), and py-spy's top functions
 (self and inclusive samples turned into microseconds per task). Writes profile.md (and the raw
 py-spy stacks) into the work directory.
@@ -45,6 +45,13 @@ def cpu_seconds(pid: int) -> float:
         stat = fh.read()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def replica_cpu_seconds(pid: int) -> float:
+    """CPU of a worker replica: its first process and the processes it started (--processes)."""
+    children = [int(child) for tid in os.listdir(f"/proc/{pid}/task")
+                for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
 
 
 def backends(conn: psycopg.Connection) -> list[int]:
@@ -143,11 +150,11 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             worker_pid = None
-            while worker_pid is None:  # the worker's own pid (py-spy's child), once it has connected
+            while worker_pid is None:  # the replica's first process, once one of its processes has connected
                 row = conn.execute("SELECT pid, application_name FROM pg_stat_activity "
                                    "WHERE application_name LIKE 'kubetasks-worker %%' LIMIT 1").fetchone()
                 if row is not None:
-                    worker_pid = int(str(row[1]).rsplit("/", 1)[-1])
+                    worker_pid = proc.pid  # not the pid in the name: with --processes, a child may connect first
                 elif proc.poll() is not None:
                     raise RuntimeError(f"worker exited {proc.returncode}: see {out / 'worker.log'}")
                 elif time.time() - t_spawn > 60:
@@ -161,7 +168,7 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
             while not poll(conn, STARTED_SQL):
                 time.sleep(0.002)
             t0 = time.time()
-            cpu0 = cpu_seconds(worker_pid)
+            cpu0 = replica_cpu_seconds(worker_pid)
             server0 = {pid: cpu_seconds(pid) for pid in backends(conn)}
             deadline = t0 + 600
             while poll(conn, LEFT_SQL) and time.time() < deadline:
@@ -171,7 +178,7 @@ def run_once(args: argparse.Namespace, server: LocalPostgres, work: Path, index:
             if sampler is not None:
                 sampler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
                 sampler.wait(timeout=30)
-            cpu1 = cpu_seconds(worker_pid)
+            cpu1 = replica_cpu_seconds(worker_pid)
             server1 = {pid: cpu_seconds(pid) for pid in backends(conn)}
             done = args.tasks - left
             statements = conn.execute(
