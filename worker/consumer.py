@@ -173,6 +173,8 @@ class Consumer:
         self.health.ready = True
         self.health.reason = "ok"
         self.wake.set()  # scan first: tasks may have been enqueued while nobody listened
+        if self.outcomes:  # kept through the loss: the new recorder writes them, no new outcome need wake it
+            self.outcome_ready.set()
 
     async def _close(self) -> None:
         for conn in (self.listen, self.record, self.work):

@@ -314,3 +314,27 @@ def test_claims_stop_while_outcomes_cannot_be_written(
         holder.execute("SELECT pg_advisory_unlock(4242)")
     wait_for(lambda: states(conn) == {"successful": total}, timeout=60, what="all done once the writes resume")
     assert conn.execute("SELECT max(attempts) AS n FROM kubetasks.tasks").fetchone() == {"n": 1}
+
+
+def test_outcomes_whose_write_was_cut_off_are_written_after_reconnecting_with_nothing_else_to_do(
+        conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
+    # The write of the last outcomes is held up (a trigger waits on a lock the test holds), then its connection
+    # is terminated: the outcomes go back to the worker, and after reconnecting it must write them although no
+    # other task will ever end and signal the recorder.
+    conn.execute("""
+        CREATE FUNCTION public.hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NEW; END $$;
+        CREATE TRIGGER hold_finish BEFORE UPDATE ON kubetasks.tasks FOR EACH ROW
+            WHEN (NEW.finished_at IS NOT NULL AND OLD.finished_at IS NULL) EXECUTE FUNCTION public.hold_finish()""")
+    conn.commit()
+    queue.enqueue_many(conn, "t.noop", [{}] * 5)
+    held = ("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'kubetasks-worker %%' AND pid IN"
+            " (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4243 AND NOT granted)")
+    with db.connect(conn.info.dsn) as holder:
+        holder.execute("SELECT pg_advisory_lock(4243)")
+        start_worker(threads=4)
+        writer = wait_for(lambda: conn.execute(held).fetchone(), what="the write of the outcomes held up")
+        conn.execute("SELECT pg_terminate_backend(%s)", (writer["pid"],))
+        holder.execute("SELECT pg_advisory_unlock(4243)")
+    wait_for(lambda: states(conn) == {"successful": 5}, timeout=30, what="the outcomes written after reconnecting")
+    assert conn.execute("SELECT max(attempts) AS n FROM kubetasks.tasks").fetchone() == {"n": 1}
