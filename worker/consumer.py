@@ -173,8 +173,6 @@ class Consumer:
         self.health.ready = True
         self.health.reason = "ok"
         self.wake.set()  # scan first: tasks may have been enqueued while nobody listened
-        if self.outcomes:  # kept through the loss: the new recorder writes them, no new outcome need wake it
-            self.outcome_ready.set()
 
     async def _close(self) -> None:
         for conn in (self.listen, self.record, self.work):
@@ -312,6 +310,7 @@ class Consumer:
             await self._write([outcome for _, outcome in batch])
         except BaseException:
             self.outcomes.extendleft(reversed(batch))  # written after reconnecting
+            self.outcome_ready.set()  # with the wake-up this write took: no new outcome may come to give it back
             raise
         self._after_write(batch)
         if self.outcomes:  # more came in meanwhile, or the batch was full
