@@ -39,6 +39,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cmdline(pid: int) -> list[str]:
+    """A process's command line, from /proc/<pid>/cmdline."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")[:-1]
+
+
 def worker_name(pid: int) -> str:
     """What a worker process writes in kubetasks.tasks.worker (consumer.worker_id)."""
     return f"{socket.gethostname()}/{pid}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
+from faults import probes
 from waiting import wait_for
 from workers import WorkerProcess
 
@@ -68,10 +69,6 @@ def test_metrics_of_a_replica_add_up_the_tasks_of_all_its_processes(
     wait_for(lambda: line in get(base + "/metrics")[1], timeout=10, what=line)
 
 
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
 def test_a_replicas_forked_process_killed_with_sigkill_is_replaced_and_the_replica_works_on(
         conn: db.Conn, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
     first = start_worker(processes=2, threads=1, prefetch=0)
@@ -84,7 +81,7 @@ def test_a_replicas_forked_process_killed_with_sigkill_is_replaced_and_the_repli
     wait_for(lambda: len(ran_by()) == 2, timeout=30, what="both processes to run tasks")
     (child,) = ran_by() - {first.pid}
     # Forked at start-up: the first process's own command line, not a fresh interpreter's.
-    assert cmdline(child) == cmdline(first.pid)
+    assert probes.cmdline(child) == probes.cmdline(first.pid)
     live = "SELECT count(*) AS n FROM kubetasks.tasks WHERE state IN ('queued', 'running')"
     wait_for(lambda: conn.execute(live).fetchone()["n"] == 0, timeout=30, what="the first batch done")
     os.kill(child, signal.SIGKILL)
@@ -92,7 +89,7 @@ def test_a_replicas_forked_process_killed_with_sigkill_is_replaced_and_the_repli
     queue.enqueue_many(conn, "t.pid", ({"path": str(pids), "seconds": 0.05} for _ in range(40)))
     wait_for(lambda: len(ran_by() - {first.pid, child}) == 1, timeout=30, what="a replacement to run tasks")
     (replacement,) = ran_by() - {first.pid, child}
-    assert any("child_main" in arg for arg in cmdline(replacement))  # restarted as a fresh interpreter
+    assert any("child_main" in arg for arg in probes.cmdline(replacement))  # restarted as a fresh interpreter
     assert first.proc.poll() is None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import worker_actors  # noqa: F401 - declares the actors enqueued below
 from faults import probes
+from psycopg import sql
 from waiting import wait_for
 from workers import WorkerProcess
 
@@ -286,16 +287,23 @@ def test_a_worker_with_every_slot_busy_waits_for_a_free_one_without_spinning(
     wait_for(lambda: {queue.get_task(conn, t).state for t in (busy, waiting)} == {"successful"}, what="both done")
 
 
+def hold_finishing_writes(conn: db.Conn, lock: int) -> None:
+    """From now on, every write that finishes a task waits on advisory lock `lock` (shared), which the test
+    takes to hold them up; claims and other writes go through."""
+    conn.execute(sql.SQL("""
+        CREATE FUNCTION public.hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared({lock}); RETURN NEW; END $$;
+        CREATE TRIGGER hold_finish BEFORE UPDATE ON kubetasks.tasks FOR EACH ROW
+            WHEN (NEW.finished_at IS NOT NULL AND OLD.finished_at IS NULL) EXECUTE FUNCTION public.hold_finish()
+        """).format(lock=sql.Literal(lock)))
+    conn.commit()
+
+
 def test_claims_stop_while_outcomes_cannot_be_written(
         conn: db.Conn, start_worker: Callable[..., WorkerProcess]) -> None:
     # Finishing writes are held up (a trigger waits on a lock the test holds) while claims are not: the worker
     # must stop claiming once OUTCOMES_MAX outcomes are waiting, not keep running tasks into memory.
-    conn.execute("""
-        CREATE FUNCTION public.hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
-        CREATE TRIGGER hold_finish BEFORE UPDATE ON kubetasks.tasks FOR EACH ROW
-            WHEN (NEW.finished_at IS NOT NULL AND OLD.finished_at IS NULL) EXECUTE FUNCTION public.hold_finish()""")
-    conn.commit()
+    hold_finishing_writes(conn, 4242)
     bound = consumer.FLUSH_BATCH + consumer.OUTCOMES_MAX + 44  # being written, waiting, the slots
     total = bound + 2000
     queue.enqueue_many(conn, "t.noop", [{}] * total)
@@ -321,12 +329,7 @@ def test_outcomes_whose_write_was_cut_off_are_written_after_reconnecting_with_no
     # The write of the last outcomes is held up (a trigger waits on a lock the test holds), then its connection
     # is terminated: the outcomes go back to the worker, and after reconnecting it must write them although no
     # other task will ever end and signal the recorder.
-    conn.execute("""
-        CREATE FUNCTION public.hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NEW; END $$;
-        CREATE TRIGGER hold_finish BEFORE UPDATE ON kubetasks.tasks FOR EACH ROW
-            WHEN (NEW.finished_at IS NOT NULL AND OLD.finished_at IS NULL) EXECUTE FUNCTION public.hold_finish()""")
-    conn.commit()
+    hold_finishing_writes(conn, 4243)
     queue.enqueue_many(conn, "t.noop", [{}] * 5)
     held = ("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'kubetasks-worker %%' AND pid IN"
             " (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4243 AND NOT granted)")
