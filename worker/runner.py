@@ -193,7 +193,8 @@ def _die_with_parent() -> None:
 
 class Children:
     """The replica's extra worker processes (the first process works too): started, restarted with backoff when
-    they die, stopped with SIGTERM. Plain subprocesses, so no multiprocessing helper process costs memory."""
+    they die, stopped with SIGTERM. Forked at start-up, fresh interpreters when restarted: no multiprocessing
+    helper process costs memory."""
 
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings = settings
